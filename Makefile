@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up, then `dvc repro` on the default dataset (Fashion-MNIST)
+#   make test   set up, then the whole test suite
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export NO_ALBUMENTATIONS_UPDATE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup dataset run test lint bench clean
+setup: $(VENV)/.installed dataset
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Debian's dataset-fashion-mnist when we can install it; otherwise ingest falls back to
+# ingest.fashion_mnist_dir in params.yaml, then to the Keras download (see README).
+dataset:
+	@if [ ! -d $(FASHION_MNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist"; \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+run: setup
+	dvc repro
+
+test: setup
+	pytest
+
+lint: setup
+	ruff check . && ruff format --check .
+
+clean:
+	rm -rf $(VENV) *.egg-info

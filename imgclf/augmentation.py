@@ -1,0 +1,176 @@
+"""augment: an albumentations policy from params, materialized into seeded copies.
+
+The policy is saved with albumentations' own serializer (``A.save``), so it can be
+reloaded with ``A.load`` and audited. Each chunk of images gets its own seed
+derived from (augment.seed, copy, chunk) with ``numpy.random.SeedSequence``, so
+the output is byte-identical however many worker processes share the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A
+import numpy as np
+from tqdm import tqdm
+
+from imgclf.io import PipelineError, atomic_path
+
+log = logging.getLogger(__name__)
+CHUNK_SIZE = 2048
+
+
+def _transform(name: str, spec: dict, size: tuple[int, int]) -> A.BasicTransform:
+    p = float(spec.get("p", 0.5))
+    if name == "horizontal_flip":
+        return A.HorizontalFlip(p=p)
+    if name == "vertical_flip":
+        return A.VerticalFlip(p=p)
+    if name == "affine":
+        shift = float(spec.get("shift", 0.0))
+        return A.Affine(
+            translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
+            scale=tuple(spec.get("scale", (1.0, 1.0))),
+            rotate=(-float(spec.get("rotate", 0)), float(spec.get("rotate", 0))),
+            border_mode=0,
+            fill=0,
+            p=p,
+        )
+    if name == "random_resized_crop":
+        return A.RandomResizedCrop(size=size, scale=tuple(spec.get("scale", (0.8, 1.0))), p=p)
+    if name == "brightness_contrast":
+        return A.RandomBrightnessContrast(
+            brightness_limit=float(spec.get("brightness", 0.2)),
+            contrast_limit=float(spec.get("contrast", 0.2)),
+            p=p,
+        )
+    if name == "gauss_noise":
+        return A.GaussNoise(std_range=tuple(spec.get("std_range", (0.02, 0.08))), p=p)
+    if name == "blur":
+        return A.Blur(blur_limit=tuple(spec.get("blur_limit", (3, 3))), p=p)
+    if name == "coarse_dropout":
+        return A.CoarseDropout(
+            num_holes_range=tuple(spec.get("holes", (1, 2))),
+            hole_height_range=tuple(spec.get("hole_size", (0.1, 0.25))),
+            hole_width_range=tuple(spec.get("hole_size", (0.1, 0.25))),
+            fill=0,
+            p=p,
+        )
+    raise PipelineError(f"augment.policy.{name} is not a known transform")
+
+
+TRANSFORMS = (
+    "horizontal_flip",
+    "vertical_flip",
+    "affine",
+    "random_resized_crop",
+    "brightness_contrast",
+    "gauss_noise",
+    "blur",
+    "coarse_dropout",
+)
+
+
+def build_policy(policy: dict, size: tuple[int, int]) -> A.Compose:
+    """A.Compose of the transforms in ``augment.policy`` with p > 0, in a fixed order."""
+    unknown = set(policy or {}) - set(TRANSFORMS)
+    if unknown:
+        raise PipelineError(
+            f"augment.policy has unknown transform(s): {', '.join(sorted(unknown))}; known: {TRANSFORMS}"
+        )
+    transforms = [
+        _transform(name, policy[name] or {}, size)
+        for name in TRANSFORMS
+        if name in (policy or {}) and float((policy[name] or {}).get("p", 0.5)) > 0
+    ]
+    return A.Compose(transforms)
+
+
+def save_policy(policy: A.Compose, path) -> None:
+    with atomic_path(path) as tmp:
+        A.save(policy, str(tmp), data_format="yaml")
+
+
+def chunk_seed(seed: int, copy: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([seed, copy, chunk]).generate_state(1)[0])
+
+
+def augment_batch(policy: A.Compose, images: np.ndarray, seed: int) -> np.ndarray:
+    """Augment a batch with a policy re-seeded for this batch alone."""
+    policy.set_random_seed(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        result = policy(image=image)["image"]
+        out[i] = result.reshape(image.shape)
+    return out
+
+
+def _work(args):
+    policy_dict, images, seed = args
+    return augment_batch(A.from_dict(policy_dict), images, seed)
+
+
+def materialize(
+    policy: A.Compose, images: np.ndarray, copies: int, seed: int, workers: int | None = None
+) -> np.ndarray:
+    """``copies`` augmented versions of ``images``, stacked copy after copy."""
+    if copies < 0:
+        raise PipelineError(f"augment.copies must be >= 0, got {copies}")
+    if copies == 0 or len(images) == 0:
+        return np.empty((0, *images.shape[1:]), dtype=np.uint8)
+    workers = workers or os.cpu_count() or 1
+    policy_dict = A.to_dict(policy)
+    jobs = [
+        (copy, start, chunk_seed(seed, copy, start // CHUNK_SIZE))
+        for copy in range(copies)
+        for start in range(0, len(images), CHUNK_SIZE)
+    ]
+    out = np.empty((copies * len(images), *images.shape[1:]), dtype=np.uint8)
+    progress = tqdm(total=len(out), desc="augment", unit="img", disable=None)
+    args = ((policy_dict, np.asarray(images[start : start + CHUNK_SIZE]), s) for _, start, s in jobs)
+    if workers == 1:
+        results = map(_work, args)
+        executor = None
+    else:
+        executor = ProcessPoolExecutor(max_workers=workers)
+        results = executor.map(_work, args)
+    try:
+        for (copy, start, _), batch in zip(jobs, results, strict=True):
+            offset = copy * len(images) + start
+            out[offset : offset + len(batch)] = batch
+            progress.update(len(batch))
+    finally:
+        progress.close()
+        if executor:
+            executor.shutdown()
+    return out
+
+
+def preview_grid(originals: np.ndarray, augmented: list[np.ndarray], captions: list[str], path) -> None:
+    """Save a PNG: each row an original beside its augmentations, captioned with the class name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(originals), 1 + len(augmented)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            image = originals[r] if c == 0 else augmented[c - 1][r]
+            ax = axes[r][c]
+            ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(captions[r], fontsize=8)
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"copy {c}", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)

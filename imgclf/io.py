@@ -1,0 +1,139 @@
+"""Data IO shared by all stages: atomic writes, params, logging, and the stage runner.
+
+Every file a stage writes goes through :func:`atomic_path`: written to a temporary
+name in the same folder, then renamed, so an interrupted stage never leaves a
+half-written artifact that DVC or the next stage could mistake for a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger("imgclf")
+
+
+class PipelineError(Exception):
+    """A problem with the user's data or params: reported as one line, never a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """JSON with sorted keys and a trailing newline, so equal content means equal bytes."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
+    """Load an array written by :func:`write_npy`, memory-mapped by default (big arrays stay on disk)."""
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def load_params(section: str | None = None, path: str | Path = "params.yaml") -> dict:
+    """The whole params file, or one stage's section of it."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run the stage from the repository root")
+    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if section is None:
+        return params
+    if section not in params:
+        raise PipelineError(f"{path} has no '{section}' section")
+    return params[section] or {}
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def describe(path: str | Path) -> str:
+    """A short 'path (size)' for logs."""
+    path = Path(path)
+    if path.is_file():
+        size = path.stat().st_size
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if size < 1024 or unit == "GiB":
+                return f"{path} ({size:.0f} {unit})" if unit == "B" else f"{path} ({size:.1f} {unit})"
+            size /= 1024
+    return str(path)
+
+
+def run_stage(name: str, main: Callable[[], None]) -> int:
+    """Run a stage's ``main()``, log its duration, turn :class:`PipelineError` into one line and exit 1."""
+    setup_logging()
+    stage_log = logging.getLogger(f"imgclf.{name}")
+    start = time.perf_counter()
+    try:
+        main()
+    except PipelineError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    stage_log.info("%s done in %.1f s", name, time.perf_counter() - start)
+    return 0

@@ -1,0 +1,145 @@
+"""Where every stage reads and writes, in one place.
+
+Stages and tests never spell another stage's output layout by hand: they ask a
+:class:`Layout`. ``dvc.yaml`` names the same paths; ``tests/test_dvc_yaml.py``
+keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of all pipeline artifacts under one repository root."""
+
+    root: Path
+
+    # ingest
+    @property
+    def ingested(self) -> Path:
+        return self.root / "data" / "ingested"
+
+    @property
+    def ingested_manifest(self) -> Path:
+        return self.ingested / "manifest.csv"
+
+    @property
+    def ingested_images(self) -> Path:
+        return self.ingested / "images.npy"
+
+    @property
+    def ingested_meta(self) -> Path:
+        return self.ingested / "meta.json"
+
+    # validate
+    @property
+    def validated(self) -> Path:
+        return self.root / "data" / "validated"
+
+    @property
+    def validated_manifest(self) -> Path:
+        return self.validated / "manifest.csv"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.root / "reports" / "validation.json"
+
+    @property
+    def validation_summary(self) -> Path:
+        return self.root / "reports" / "validation.md"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "reports" / "quarantine.csv"
+
+    # preprocess
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "data" / "preprocessed"
+
+    def preprocessed_x(self, split: str) -> Path:
+        return self.preprocessed / f"{split}_x.npy"
+
+    def preprocessed_y(self, split: str) -> Path:
+        return self.preprocessed / f"{split}_y.npy"
+
+    @property
+    def preprocessed_meta(self) -> Path:
+        return self.preprocessed / "meta.json"
+
+    @property
+    def preprocessed_index(self) -> Path:
+        return self.preprocessed / "index.csv"
+
+    # augment
+    @property
+    def augmented(self) -> Path:
+        return self.root / "data" / "augmented"
+
+    @property
+    def augmented_x(self) -> Path:
+        return self.augmented / "train_x.npy"
+
+    @property
+    def augmented_y(self) -> Path:
+        return self.augmented / "train_y.npy"
+
+    @property
+    def augmented_source(self) -> Path:
+        return self.augmented / "source_index.npy"
+
+    @property
+    def augment_policy(self) -> Path:
+        return self.root / "models" / "augment.yaml"
+
+    @property
+    def augment_preview(self) -> Path:
+        return self.root / "reports" / "augment_preview.png"
+
+    # train
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "model.keras"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "models" / "run.json"
+
+    @property
+    def train_reports(self) -> Path:
+        return self.root / "reports" / "train"
+
+    @property
+    def history(self) -> Path:
+        return self.train_reports / "history.csv"
+
+    @property
+    def train_backup(self) -> Path:
+        """BackupAndRestore's state: outside DVC outputs so a killed run can resume."""
+        return self.root / ".cache" / "train_backup"
+
+    # evaluate
+    @property
+    def metrics(self) -> Path:
+        return self.root / "reports" / "metrics.json"
+
+    @property
+    def eval_reports(self) -> Path:
+        return self.root / "reports" / "eval"
+
+    @property
+    def predictions(self) -> Path:
+        return self.eval_reports / "predictions.csv"
+
+
+def layout(root: str | Path | None = None) -> Layout:
+    """The layout under ``root`` (default: the repository this package lives in, or the cwd)."""
+    if root is None:
+        root = Path.cwd() if (Path.cwd() / "dvc.yaml").exists() else REPO_ROOT
+    return Layout(Path(root).resolve())

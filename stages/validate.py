@@ -1,0 +1,39 @@
+"""Stage validate: data/ingested/ -> data/validated/ (kept rows) + quarantine and reports."""
+
+import logging
+import sys
+
+from imgclf.ingest import read_ingested
+from imgclf.io import PipelineError, describe, load_params, run_stage, write_csv, write_json, write_text
+from imgclf.paths import layout
+from imgclf.validation import summary_markdown, validate
+
+log = logging.getLogger("imgclf.validate")
+
+
+def main() -> None:
+    params = load_params("validate")
+    paths = layout()
+    images, manifest, meta = read_ingested(paths)
+    log.info("read %d rows from %s", len(manifest), paths.ingested_manifest)
+    result = validate(manifest, images, meta["class_names"], params)
+    # Reports are written even when the stage fails, so the user can read why.
+    write_csv(paths.quarantine, result.quarantine)
+    write_json(paths.validation_report, result.report)
+    write_text(paths.validation_summary, summary_markdown(result.report, result.failures))
+    report = result.report
+    log.info(
+        "%d rows in, %d kept, %d quarantined",
+        report["rows_in"],
+        report["rows_kept"],
+        report["rows_quarantined"],
+    )
+    if result.failures:
+        raise PipelineError(f"validation failed: {result.failures[0]} (see {paths.validation_summary})")
+    write_csv(paths.validated_manifest, result.kept)
+    for path in (paths.validated_manifest, paths.quarantine, paths.validation_report):
+        log.info("wrote %s", describe(path))
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage("validate", main))

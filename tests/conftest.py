@@ -1,0 +1,118 @@
+"""Shared fixtures: small real datasets and a throwaway copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from imgclf.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
+from imgclf.paths import REPO_ROOT
+
+REPO_FILES = ["dvc.yaml", "params.yaml", "stages", "imgclf", "pyproject.toml"]
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The real Fashion-MNIST files (`make test` installs Debian's dataset-fashion-mnist)."""
+    return find_fashion_mnist(download=False)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits (1797 real images) as uint8 0..255."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images * (255 / 16)).round().astype(np.uint8)
+    return images, data.target.astype(int)
+
+
+def manifest_for(images: np.ndarray, labels: list[str], splits: list[str]) -> pd.DataFrame:
+    """A manifest in ingest's format for images held in memory."""
+    return pd.DataFrame(
+        {
+            "id": [f"{s}/{i:05d}" for i, s in enumerate(splits)],
+            "label": labels,
+            "split": splits,
+            "source": [f"mem#{i}" for i in range(len(images))],
+            "sha256": pixel_sha256(images),
+            "index": np.arange(len(images)),
+        }
+    )
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 IDX file (the format of MNIST and Fashion-MNIST)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture
+def digits_idx_dir(tmp_path, digits) -> Path:
+    """load_digits written as the four Fashion-MNIST IDX files (28x28, train 1500 / test 297)."""
+    import cv2
+
+    images, target = digits
+    big = np.stack([cv2.resize(image, (28, 28), interpolation=cv2.INTER_NEAREST) for image in images])
+    folder = tmp_path / "digits-idx"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte", big[:1500])
+    write_idx(folder / "train-labels-idx1-ubyte", target[:1500])
+    write_idx(folder / "t10k-images-idx3-ubyte", big[1500:])
+    write_idx(folder / "t10k-labels-idx1-ubyte", target[1500:])
+    return folder
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),  # the copy's own package, not the checkout's
+    }
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A fresh git + DVC repository holding the pipeline's code and params, nothing else."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in REPO_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    return root
+
+
+def set_params(root: Path, **sections) -> None:
+    """Update params.yaml in ``root``: set_params(root, ingest={"limit": 20})."""
+    import yaml
+
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+__all__ = ["FASHION_MNIST_CLASSES", "manifest_for", "run", "set_params", "write_idx"]

@@ -1,0 +1,54 @@
+"""dvc.yaml and the path helpers must name the same files; each stage depends on its own params only."""
+
+import yaml
+
+from imgclf.paths import REPO_ROOT, layout
+
+DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def _names(entries):
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries or []}
+
+
+def _rel(path):
+    return str(path.relative_to(layout(REPO_ROOT).root))
+
+
+def test_every_stage_has_its_script_and_own_params_section():
+    for name, stage in DVC.items():
+        script = f"stages/{name.replace('-', '_')}.py"
+        assert stage["cmd"] == f"python {script}"
+        assert script in stage["deps"]
+        assert all((REPO_ROOT / dep).exists() or dep.startswith(("data/", "models/")) for dep in stage["deps"])
+        assert _names(stage.get("params")) <= {name.replace("-", "_"), name}
+        assert name.replace("-", "_") in PARAMS
+
+
+def test_outputs_match_the_layout():
+    paths = layout(REPO_ROOT)
+    declared = {
+        name: _names(stage.get("outs")) | _names(stage.get("metrics")) | _names(stage.get("plots"))
+        for name, stage in DVC.items()
+    }
+    assert declared["ingest"] == {_rel(paths.ingested)}
+    assert {_rel(paths.validated), _rel(paths.validation_report), _rel(paths.quarantine)} <= declared["validate"]
+    assert declared["preprocess"] == {_rel(paths.preprocessed)}
+    assert declared["augment"] == {
+        _rel(paths.augmented),
+        _rel(paths.augment_policy),
+        _rel(paths.augment_preview),
+    }
+
+
+def test_no_two_stages_own_overlapping_paths():
+    owned = [
+        (name, out)
+        for name, stage in DVC.items()
+        for out in _names(stage.get("outs")) | _names(stage.get("metrics")) | _names(stage.get("plots"))
+    ]
+    for i, (stage_a, a) in enumerate(owned):
+        for stage_b, b in owned[i + 1 :]:
+            overlap = a == b or a.startswith(b + "/") or b.startswith(a + "/")
+            assert not overlap, f"{stage_a}:{a} overlaps {stage_b}:{b}"

@@ -1,0 +1,57 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgclf.io import PipelineError
+from imgclf.preprocess import assign_splits, prepare_images, resize, to_color_mode
+
+
+def test_color_modes_from_every_channel_layout():
+    gray = np.full((5, 7), 100, np.uint8)
+    rgb = np.dstack([gray, gray, gray])
+    rgba = np.dstack([rgb, np.full((5, 7), 255, np.uint8)])
+    for image in (gray, gray[:, :, None], rgb, rgba):
+        assert to_color_mode(image, "grayscale").shape == (5, 7, 1)
+        assert to_color_mode(image, "rgb").shape == (5, 7, 3)
+        assert to_color_mode(image, "grayscale")[0, 0, 0] == 100
+    with pytest.raises(PipelineError, match="color_mode"):
+        to_color_mode(gray, "cmyk")
+
+
+def test_resize_shrinks_and_grows_to_square():
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    assert resize(image, 28).shape == (28, 28, 3)
+    assert resize(image[:, :, :1], 96).shape == (96, 96, 1)
+    flat = np.full((8, 8, 1), 77, np.uint8)
+    assert (resize(flat, 28) == 77).all()
+
+
+def test_prepare_images_on_digits(digits):
+    images, _ = digits
+    out = prepare_images(images, np.array([0, 5, 9]), 16, "rgb")
+    assert out.shape == (3, 16, 16, 3) and out.dtype == np.uint8
+
+
+def _manifest(n_train, n_test, classes=5):
+    labels = [f"c{i % classes}" for i in range(n_train + n_test)]
+    return pd.DataFrame({"label": labels, "split": ["train"] * n_train + ["test"] * n_test})
+
+
+def test_val_split_is_stratified_seeded_and_a_fraction_of_the_pool():
+    manifest = _manifest(900, 100)
+    splits = assign_splits(manifest, 0.1, 0.1, seed=42)
+    assert splits.value_counts().to_dict() == {"train": 800, "val": 100, "test": 100}
+    assert manifest.loc[splits == "val", "label"].value_counts().eq(20).all()
+    assert (splits == assign_splits(manifest, 0.1, 0.1, seed=42)).all()
+    assert not (splits == assign_splits(manifest, 0.1, 0.1, seed=7)).all()
+    assert (splits[manifest["split"] == "test"] == "test").all()  # the source's test split is untouched
+
+
+def test_test_split_is_carved_when_the_source_has_none():
+    splits = assign_splits(_manifest(1000, 0), 0.15, 0.15, seed=1)
+    assert splits.value_counts().to_dict() == {"train": 700, "val": 150, "test": 150}
+
+
+def test_bad_fractions_are_clear_errors():
+    with pytest.raises(PipelineError, match="val_fraction"):
+        assign_splits(_manifest(10, 0), 1.5, 0.1, seed=1)
