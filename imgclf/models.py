@@ -1,0 +1,171 @@
+"""Model builders, chosen by ``train.model``.
+
+Every model takes raw uint8 pixels, (H, W, C) as preprocess wrote them, and returns
+class probabilities. Scaling, channel repetition and resizing are layers inside
+the model, so Keras, the exported .tflite files and any caller share one input
+contract.
+
+- ``simple_cnn``: the textbook Conv-BN-ReLU-MaxPool network.
+- ``resnet_small``: the default; a narrow pre-activation-free ResNet sized for the best
+  test accuracy per minute of CPU training on 28x28 images.
+- ``mobilenet_v2``, ``efficientnet_b0``: ``keras.applications`` bases for transfer learning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from imgclf.io import PipelineError
+
+log = logging.getLogger(__name__)
+# Keras' default 0.99 needs hundreds of steps before the moving statistics fit the data; 0.9 also
+# gives sane validation numbers in short runs (smoke tests, small datasets) and costs nothing in long ones.
+BN_MOMENTUM = 0.9
+
+APPLICATIONS = {
+    # name: (constructor, minimum input edge, layers that map 0..255 to the range the weights expect)
+    "mobilenet_v2": (keras.applications.MobileNetV2, 32, lambda: layers.Rescaling(1 / 127.5, offset=-1.0)),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, 32, None),  # has its own rescaling inside
+}
+
+
+def _regularizer(l2: float):
+    return keras.regularizers.L2(l2) if l2 else None
+
+
+def _head(x, num_classes: int, dropout: float):
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    # float32 softmax, also under mixed precision, for stable probabilities
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+
+
+def simple_cnn(input_shape, num_classes: int, params: dict) -> keras.Model:
+    """Conv(3x3)-BN-ReLU-MaxPool blocks, then Dropout, Dense, Dropout, softmax."""
+    filters = params.get("filters", [32, 64])
+    dropout = params.get("dropout", [0.25, 0.5])
+    l2 = float(params.get("l2", 0.0))
+    inputs = keras.Input(input_shape, dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    for width in filters:
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Dropout(dropout[0])(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(int(params.get("dense", 128)), activation="relu", kernel_regularizer=_regularizer(l2))(x)
+    return keras.Model(inputs, _head(x, num_classes, dropout[1]), name="simple_cnn")
+
+
+def _residual_block(x, width: int, stride: int, l2: float):
+    shortcut = x
+    y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(x)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM)(y)
+    y = layers.ReLU()(y)
+    y = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM)(y)
+    if stride != 1 or shortcut.shape[-1] != width:
+        shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, kernel_regularizer=_regularizer(l2))(x)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM)(shortcut)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def resnet_small(input_shape, num_classes: int, params: dict) -> keras.Model:
+    """A stem conv, then stages of residual blocks (the first of each later stage halves the size), GAP, softmax."""
+    widths = params.get("widths", [32, 64, 128])
+    blocks = int(params.get("blocks_per_stage", 1))
+    l2 = float(params.get("l2", 0.0))
+    inputs = keras.Input(input_shape, dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+    x = layers.ReLU()(x)
+    for stage, width in enumerate(widths):
+        for block in range(blocks):
+            x = _residual_block(x, width, 2 if stage > 0 and block == 0 else 1, l2)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, _head(x, num_classes, float(params.get("dropout", 0.2))), name="resnet_small")
+
+
+def _application_weights(weights):
+    if weights in (None, "null", "none", ""):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise PipelineError(
+            f"train.transfer.weights: {weights} is neither 'imagenet', null nor an existing weights file"
+        )
+    return str(path)
+
+
+def transfer(name: str, input_shape, num_classes: int, params: dict) -> keras.Model:
+    """An ImageNet-style base (frozen; see :func:`unfreeze_top`) under a GAP + Dropout + softmax head."""
+    constructor, min_edge, scaling = APPLICATIONS[name]
+    weights = _application_weights(params.get("weights"))
+    size = max(int(params.get("input_size", min_edge)), min_edge, input_shape[0])
+    inputs = keras.Input(input_shape, dtype="uint8", name="image")
+    x = layers.Rescaling(1.0)(inputs)  # uint8 -> float
+    if input_shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    if input_shape[0] != size or input_shape[1] != size:
+        x = layers.Resizing(size, size, name="resize_to_base")(x)
+    if scaling is not None:
+        x = scaling()(x)
+    try:
+        base = constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
+    except Exception as error:
+        if weights == "imagenet":
+            raise PipelineError(
+                f"could not download the ImageNet weights for {name} ({type(error).__name__}): the machine "
+                "seems offline. Set train.transfer.weights to null (train from scratch) or to a local weights file."
+            ) from error
+        raise PipelineError(f"could not build {name} with weights={weights}: {error}") from error
+    if weights is None:
+        x = base(x)  # from scratch: the whole base trains, BatchNorm included
+    else:
+        base.trainable = False  # phase 1 trains the head; see unfreeze_top for phase 2
+        x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuned
+    x = layers.GlobalAveragePooling2D()(x)  # at top level, so Grad-CAM sees the base's feature map
+    return keras.Model(inputs, _head(x, num_classes, float(params.get("dropout", 0.2))), name=name)
+
+
+def unfreeze_top(model: keras.Model, count: int) -> int:
+    """Make the top ``count`` layers of the transfer base trainable (BatchNorm layers stay frozen)."""
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    base.trainable = True
+    trainable = 0
+    for index, layer in enumerate(base.layers):
+        unfreeze = index >= len(base.layers) - count and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = unfreeze
+        trainable += unfreeze
+    return trainable
+
+
+MODELS = ("simple_cnn", "resnet_small", *APPLICATIONS)
+
+
+def build_model(name: str, input_shape, num_classes: int, params: dict) -> keras.Model:
+    """The model ``train.model`` names, configured by the params section of the same name."""
+    section = params.get(name) or {}
+    if name == "simple_cnn":
+        return simple_cnn(input_shape, num_classes, section)
+    if name == "resnet_small":
+        return resnet_small(input_shape, num_classes, section)
+    if name in APPLICATIONS:
+        return transfer(name, input_shape, num_classes, {**(params.get("transfer") or {}), **section})
+    raise PipelineError(f"train.model={name!r} is not one of {', '.join(MODELS)}")
+
+
+def is_pretrained_transfer(name: str, params: dict) -> bool:
+    """Transfer models with pretrained weights train in two phases (frozen base, then fine-tuning)."""
+    if name not in APPLICATIONS:
+        return False
+    section = {**(params.get("transfer") or {}), **(params.get(name) or {})}
+    return _application_weights(section.get("weights")) is not None

@@ -1,0 +1,130 @@
+"""MLflow tracking: one run per training, shared by evaluate and export through ``models/run.json``.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set (a shared server), else the
+local default ``sqlite:///mlflow.db`` at the repository root, with artifacts in
+MLflow's default ``mlruns/`` beside it (both git-ignored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from imgclf.io import PipelineError, read_json, write_json
+from imgclf.paths import Layout
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def configure(root: Path, experiment_name: str) -> str:
+    """Point MLflow at our store and experiment; return the experiment id."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = client.create_experiment(experiment_name)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    """{'train': {'lr': 1}} -> {'train.lr': '1'}; lists are kept as one value."""
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def run_tags(root: Path, data_hash: str, model_name: str) -> dict[str, str]:
+    tags = {"data_hash": data_hash, "model": model_name}
+    if commit := git_commit(root):
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = exp_name
+    return tags
+
+
+def write_run_info(layout: Layout, run: mlflow.entities.Run, registered: dict | None) -> None:
+    write_json(
+        layout.run_info,
+        {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_uri": f"runs:/{run.info.run_id}/model",
+            "registered_model": registered,
+        },
+    )
+
+
+@contextlib.contextmanager
+def training_run(layout: Layout) -> Iterator[mlflow.ActiveRun]:
+    """Reopen the training's run (from ``models/run.json``) so evaluate and export log into it."""
+    if not layout.run_info.exists():
+        raise PipelineError(f"{layout.run_info} not found: run the train stage first")
+    info = read_json(layout.run_info)
+    mlflow.set_tracking_uri(tracking_uri(layout.root))
+    try:
+        MlflowClient().get_run(info["run_id"])
+    except mlflow.exceptions.MlflowException as error:
+        raise PipelineError(
+            f"MLflow run {info['run_id']} from {layout.run_info} is not in {tracking_uri(layout.root)}: "
+            "was mlflow.db deleted or MLFLOW_TRACKING_URI changed? Rerun training with `dvc repro --force train`."
+        ) from error
+    with mlflow.start_run(run_id=info["run_id"]) as run:
+        yield run
+
+
+class _KerasFlavor:
+    """``mlflow.keras`` with a workaround for mlflow/mlflow#16183 (open): ``log_model`` with an
+    ``input_example`` writes the example into a folder it has not created yet."""
+
+    __name__ = "mlflow.keras"
+
+    def __getattr__(self, name):
+        return getattr(mlflow.keras, name)
+
+    @staticmethod
+    def save_model(path, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_keras_model(model, example, registered_model_name: str | None):
+    """Log the model with MLflow's Keras flavor, a signature and an input example; register it if named."""
+    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    return mlflow.models.Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_KerasFlavor(),
+        model=model,
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model_name or None,
+    )

@@ -1,0 +1,279 @@
+"""Training: the input pipeline, optimizer and schedule, callbacks, device strategy and the fit loop.
+
+The fit is resumable: ``keras.callbacks.BackupAndRestore`` keeps the last finished
+epoch under ``.cache/train_backup/<key>``, where the key hashes the train params and
+the training data, so a training killed mid-way and started again with the same
+inputs continues from its last epoch, and a changed config starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from imgclf.io import PipelineError
+
+log = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class TrainData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: list[str]
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled (seeded, reshuffled each epoch) batches of uint8 images with one-hot labels.
+
+    Indices are shuffled and whole batches gathered from the in-memory arrays: one gather per
+    batch instead of one slice per image, which matters on two CPU cores.
+    """
+    images = tf.constant(np.asarray(x))
+    labels = tf.one_hot(np.asarray(y, dtype=np.int32), num_classes)
+    return (
+        tf.data.Dataset.range(len(x))
+        .cache()
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(lambda index: (tf.gather(images, index), tf.gather(labels, index)), num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+    )
+
+
+def eval_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int) -> tf.data.Dataset:
+    return (
+        tf.data.Dataset.from_tensor_slices((np.asarray(x), tf.one_hot(np.asarray(y, dtype=np.int32), num_classes)))
+        .batch(batch_size)
+        .cache()
+        .prefetch(AUTOTUNE)
+    )
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored over several GPUs, else the default."""
+    if os.environ.get("TF_CONFIG"):
+        log.info("TF_CONFIG set: MultiWorkerMirroredStrategy")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        log.info("%d GPUs: MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    log.info("device: %s", "GPU" if gpus else "CPU")
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """Only the chief writes outputs and logs to MLflow: the 'chief' task, else worker 0."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task")
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def set_precision(mode: str) -> str:
+    """``train.mixed_precision``: auto (mixed_float16 on a GPU), on, or off."""
+    if mode not in ("auto", "on", "off", True, False):
+        raise PipelineError(f"train.mixed_precision must be auto, on or off, got {mode!r}")
+    use = mode in ("on", True) or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    policy = "mixed_float16" if use else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def learning_rate(params: dict, steps_per_epoch: int, epochs: int, base_lr: float | None = None):
+    """A float for constant and reduce-on-plateau, a CosineDecay (with linear warmup) for cosine."""
+    lr = float(base_lr if base_lr is not None else params["learning_rate"])
+    schedule = params.get("schedule", "constant")
+    if schedule in ("constant", "plateau"):
+        return lr
+    if schedule == "cosine":
+        warmup_steps = int(float(params.get("warmup_epochs", 0)) * steps_per_epoch)
+        decay_steps = max(1, epochs * steps_per_epoch - warmup_steps)
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=lr / 10 if warmup_steps else lr,
+            decay_steps=decay_steps,
+            alpha=float(params.get("min_lr_fraction", 0.0)),
+            warmup_target=lr if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    raise PipelineError(f"train.schedule must be constant, cosine or plateau, got {schedule!r}")
+
+
+def optimizer(params: dict, lr) -> keras.optimizers.Optimizer:
+    name = params.get("optimizer", "adam")
+    weight_decay = float(params.get("weight_decay", 0.0)) or None
+    momentum = float(params.get("momentum", 0.9))
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay or 0.004)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(lr, momentum=momentum, weight_decay=weight_decay)
+    raise PipelineError(f"train.optimizer must be adam, adamw, sgd or rmsprop, got {name!r}")
+
+
+def compile_model(model: keras.Model, params: dict, lr) -> None:
+    """Categorical cross-entropy on one-hot targets (the input pipeline one-hots), so label smoothing works."""
+    model.compile(
+        optimizer=optimizer(params, lr),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch in one line and remembers the first epoch run (> 0 when resumed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_epoch: int | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            if epoch:
+                log.info("resumed from backup: continuing at epoch %d", epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float | int))
+        log.info("epoch %d: %s", epoch + 1, shown)
+
+
+def backup_key(params: dict, data_hash: str) -> str:
+    """Backups are only resumed by a training with the same params and data."""
+    text = json.dumps({"train": params, "data": data_hash}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def callbacks(params: dict, backup_dir: Path, history_path: Path, extra=()) -> list[keras.callbacks.Callback]:
+    result = [
+        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+    ]
+    patience = params.get("early_stopping_patience")
+    if patience:
+        result.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience), restore_best_weights=True)
+        )
+    if params.get("schedule") == "plateau":
+        result.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=float(params.get("plateau_factor", 0.5)),
+                patience=int(params.get("plateau_patience", 2)),
+            )
+        )
+    return [*result, *extra]
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """The per-epoch CSV, with repeated epochs (a kill between logging and backup) resolved to the last."""
+    history = pd.read_csv(path)
+    return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def clear_backup(backup_root: Path, keep: str | None = None) -> None:
+    """Drop stale backups (other keys) so the cache does not grow."""
+    if backup_root.is_dir():
+        for child in backup_root.iterdir():
+            if child.name != keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def steps(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))
+
+
+def load_train_data(layout, use_augmented: bool = True) -> TrainData:
+    """Training = the preprocessed train split plus, if wanted, augment's copies; val as preprocessed."""
+    from imgclf.io import read_json, read_npy
+
+    if not layout.preprocessed_meta.exists():
+        raise PipelineError(f"{layout.preprocessed_meta} not found: run the preprocess stage first")
+    x_train, y_train = read_npy(layout.preprocessed_x("train"), mmap=False), read_npy(layout.preprocessed_y("train"))
+    if use_augmented:
+        if not layout.augmented_x.exists():
+            raise PipelineError(f"{layout.augmented_x} not found: run the augment stage first")
+        x_train = np.concatenate([x_train, read_npy(layout.augmented_x)])
+        y_train = np.concatenate([y_train, read_npy(layout.augmented_y)])
+    x_val, y_val = read_npy(layout.preprocessed_x("val"), mmap=False), read_npy(layout.preprocessed_y("val"))
+    if len(x_val) == 0:
+        raise PipelineError("the validation split is empty: set preprocess.val_fraction > 0")
+    return TrainData(
+        x_train, np.asarray(y_train), x_val, np.asarray(y_val), read_json(layout.preprocessed_meta)["class_names"]
+    )
+
+
+def data_hash(data: TrainData) -> str:
+    digest = hashlib.sha256()
+    for array in (data.x_train, data.y_train, data.x_val, data.y_val):
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def fit(
+    model: keras.Model, data: TrainData, params: dict, run_dir: Path, history_path: Path, extra_callbacks=()
+) -> EpochLogger:
+    """Train ``model`` (already compiled for phase 1); resumable via ``run_dir``.
+
+    Pretrained transfer models run two phases: the head on the frozen base for
+    ``transfer.frozen_epochs``, then the top ``transfer.fine_tune_layers`` layers unfrozen at
+    ``learning_rate * transfer.fine_tune_lr_factor``; the epoch count runs on across phases.
+    """
+    from imgclf.models import is_pretrained_transfer, unfreeze_top
+
+    num_classes = len(data.class_names)
+    batch_size, epochs, seed = int(params["batch_size"]), int(params["epochs"]), int(params["seed"])
+    train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed)
+    val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
+    epoch_logger = EpochLogger()
+    verbose = 2 if os.environ.get("IMGCLF_KERAS_VERBOSE") else 0
+    phases = [("train", 0, epochs)]
+    if is_pretrained_transfer(params["model"], params):
+        transfer = params.get("transfer") or {}
+        frozen = min(int(transfer.get("frozen_epochs", 3)), epochs)
+        phases = [("frozen", 0, frozen), ("fine_tune", frozen, epochs)]
+    for name, first, last in phases:
+        done_marker = run_dir / f"{name}.done.weights.h5"
+        if done_marker.exists():
+            model.load_weights(done_marker)
+            log.info("phase %s already finished before an interruption: weights restored", name)
+            continue
+        if name == "fine_tune":
+            transfer = params.get("transfer") or {}
+            count = unfreeze_top(model, int(transfer.get("fine_tune_layers", 20)))
+            lr = float(params["learning_rate"]) * float(transfer.get("fine_tune_lr_factor", 0.1))
+            compile_model(model, params, learning_rate(params, steps(len(data.x_train), batch_size), last - first, lr))
+            log.info("fine-tuning: %d base layers unfrozen, learning rate %.2g", count, lr)
+        if last > first:
+            model.fit(
+                train,
+                validation_data=val,
+                initial_epoch=first,
+                epochs=last,
+                callbacks=callbacks(params, run_dir / name, history_path, [epoch_logger, *extra_callbacks]),
+                verbose=verbose,
+            )
+        if len(phases) > 1:
+            model.save_weights(done_marker)
+    return epoch_logger

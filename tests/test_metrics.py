@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from imgclf.metrics import classification_metrics, expected_calibration_error
+
+CLASSES = ["cat", "dog", "bird"]
+Y_TRUE = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+PROBA = np.array(
+    [
+        [0.8, 0.1, 0.1],
+        [0.3, 0.6, 0.1],  # wrong
+        [0.2, 0.7, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.1, 0.1, 0.8],
+        [0.5, 0.2, 0.3],  # wrong
+        [0.05, 0.05, 0.9],
+        [0.9, 0.05, 0.05],
+    ]
+)
+
+
+def test_metrics_match_scikit_learn_on_hand_made_predictions():
+    result = classification_metrics(Y_TRUE, PROBA, CLASSES, top_k=2)
+    assert result["accuracy"] == 0.75
+    assert result["samples"] == 8
+    # true class in the top 2 for every row but row 1? row 1: top-2 = dog, cat -> contains cat
+    assert result["top_2_accuracy"] == pytest.approx(skm.top_k_accuracy_score(Y_TRUE, PROBA, k=2))
+    assert result["log_loss"] == pytest.approx(skm.log_loss(Y_TRUE, PROBA), abs=1e-6)
+    assert result["macro_f1"] == pytest.approx(skm.f1_score(Y_TRUE, PROBA.argmax(1), average="macro"), abs=1e-6)
+    assert result["weighted_recall"] == pytest.approx(0.75)
+    assert result["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(Y_TRUE, PROBA, multi_class="ovr"), abs=1e-6)
+    assert result["per_class"]["dog"] == {
+        "precision": pytest.approx(2 / 3, abs=1e-6),
+        "recall": 1.0,
+        "f1": 0.8,
+        "support": 2,
+    }
+    assert result["per_class"]["bird"]["recall"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_expected_calibration_error_by_hand():
+    # two bins used with bins=2: confidences <=0.5 -> bin 0, >0.5 -> bin 1
+    y_true = np.array([0, 1, 0, 1])
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.45, 0.55]])
+    # bin 1 holds all four rows (max conf 0.9, 0.8, 0.6, 0.55): accuracy 2/4, mean confidence 0.7125
+    assert expected_calibration_error(y_true, proba, bins=2) == pytest.approx(abs(0.5 - 0.7125))
+    perfect = np.eye(2)[y_true]
+    assert expected_calibration_error(y_true, perfect) == 0.0
+
+
+def test_auc_is_null_when_a_class_is_missing_from_the_test_split():
+    result = classification_metrics(np.array([0, 1, 1]), PROBA[:3], CLASSES)
+    assert result["roc_auc_macro"] is None
+    assert result["per_class"]["bird"]["support"] == 0

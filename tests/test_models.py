@@ -1,0 +1,67 @@
+import urllib.error
+
+import keras
+import numpy as np
+import pytest
+
+from imgclf.io import PipelineError
+from imgclf.models import MODELS, build_model, is_pretrained_transfer, unfreeze_top
+
+PARAMS = {
+    "simple_cnn": {"filters": [8, 16], "dense": 32, "dropout": [0.1, 0.2]},
+    "resnet_small": {"widths": [8, 16], "blocks_per_stage": 1, "dropout": 0.1},
+    "transfer": {"weights": None, "input_size": 32, "dropout": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape", [(28, 28, 1), (40, 40, 3)])
+def test_builders_take_uint8_and_return_probabilities(name, shape):
+    model = build_model(name, shape, 7, PARAMS)
+    assert model.input.dtype == "uint8"
+    assert model.output_shape == (None, 7)
+    images = np.random.default_rng(0).integers(0, 256, (3, *shape), dtype=np.uint8)
+    proba = model.predict(images, verbose=0)
+    assert proba.shape == (3, 7)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_scaling_lives_inside_the_model():
+    """The same pixels as uint8 give the same output as the model computed on floats 0..255."""
+    model = build_model("simple_cnn", (28, 28, 1), 3, PARAMS)
+    images = np.random.default_rng(1).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    as_float = model(images.astype("float32"), training=False)
+    np.testing.assert_allclose(model.predict(images, verbose=0), np.asarray(as_float), rtol=1e-5, atol=1e-6)
+
+
+def test_offline_imagenet_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    with pytest.raises(PipelineError, match=r"offline\. Set train\.transfer\.weights to null"):
+        build_model("mobilenet_v2", (28, 28, 1), 10, {"transfer": {"weights": "imagenet"}})
+
+
+def test_weights_from_a_file_and_fine_tuning(tmp_path):
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights = tmp_path / "base.weights.h5"
+    base.save_weights(weights)
+    params = {"transfer": {"weights": str(weights)}}
+    assert is_pretrained_transfer("mobilenet_v2", params)
+    model = build_model("mobilenet_v2", (28, 28, 1), 4, params)
+    base_layer = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    np.testing.assert_array_equal(base_layer.get_weights()[0], base.get_weights()[0])
+    assert not base_layer.trainable
+    assert unfreeze_top(model, 10) > 0
+    trainable = [layer for layer in base_layer.layers if layer.trainable and layer.weights]
+    assert trainable and all(not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+
+
+def test_bad_model_names_and_weight_paths():
+    with pytest.raises(PipelineError, match="is not one of"):
+        build_model("vgg99", (28, 28, 1), 3, {})
+    with pytest.raises(PipelineError, match="neither 'imagenet', null nor an existing weights file"):
+        build_model("efficientnet_b0", (28, 28, 1), 3, {"transfer": {"weights": "/no/such.h5"}})

@@ -1,0 +1,87 @@
+"""The train and evaluate stages for real, on a small Fashion-MNIST subset in a copy of the repo."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgclf.io import read_json
+from imgclf.paths import layout
+from tests.conftest import run, set_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def prepared(repo_copy, fashion_mnist_dir):
+    """Data stages done on 100 images per class and split; training kept short."""
+    set_params(repo_copy, ingest={"limit": 100}, validate={"min_per_class": 20}, train={"epochs": 6, "batch_size": 64})
+    run(["dvc", "repro", "augment"], repo_copy)
+    return repo_copy
+
+
+def test_training_killed_mid_way_resumes_from_its_last_epoch(prepared):
+    paths = layout(prepared)
+    env = {**os.environ, "PYTHONPATH": str(prepared)}
+    process = subprocess.Popen(
+        [sys.executable, "stages/train.py"], cwd=prepared, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    epochs_done = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        logs = list(paths.train_backup.glob("*/history.csv"))
+        epochs_done = len(pd.read_csv(logs[0])) if logs and logs[0].stat().st_size else 0
+        if epochs_done >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed: " + process.stdout.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not paths.model.exists()
+
+    resumed = run([sys.executable, "stages/train.py"], prepared)
+    assert "resumed from backup: continuing at epoch" in resumed.stderr
+    history = pd.read_csv(paths.history)
+    assert history["epoch"].tolist() == list(range(6))  # every epoch once: the count continued
+    assert paths.model.exists() and paths.run_info.exists()
+    assert not any(paths.train_backup.iterdir())  # finished: no stale backup left
+
+    client = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("imgclf").experiment_id])
+    assert len(runs) == 1  # the resumed training logged into the run it started
+    assert int(runs[0].data.tags["resumed_from_epoch"]) >= 2
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert sorted(set(steps)) == list(range(6))
+
+
+def test_mlflow_run_holds_params_curves_model_and_evaluation(prepared):
+    run(["git", "add", "-A"], prepared)
+    run(["git", "commit", "-qm", "pipeline"], prepared)
+    set_params(prepared, train={"epochs": 2})
+    run(["dvc", "repro"], prepared, check=True)
+    paths = layout(prepared)
+    info = read_json(paths.run_info)
+    client = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}")
+    mlflow_run = client.get_run(info["run_id"])
+    params, tags, metrics = mlflow_run.data.params, mlflow_run.data.tags, mlflow_run.data.metrics
+    assert params["train.epochs"] == "2" and params["ingest.limit"] == "100" and params["preprocess.image_size"] == "28"
+    assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], prepared).stdout.strip()
+    assert len(tags["data_hash"]) == 64 and tags["model"] == "resnet_small"
+    assert [m.step for m in client.get_metric_history(info["run_id"], "val_loss")] == [0, 1]
+    assert metrics["test_accuracy"] == read_json(paths.metrics)["test"]["accuracy"]
+    artifacts = {a.path for a in client.list_artifacts(info["run_id"], "eval")}
+    assert {"eval/confusion_matrix.png", "eval/grad_cam.png", "eval/roc.png", "eval/metrics.json"} <= artifacts
+    version = client.get_model_version(info["registered_model"]["name"], str(info["registered_model"]["version"]))
+    assert version.run_id == info["run_id"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{prepared / 'mlflow.db'}")
+    logged = mlflow.models.get_model_info(info["model_uri"])
+    assert logged.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    assert logged.saved_input_example_info is not None

@@ -1,0 +1,90 @@
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgclf import training
+from imgclf.io import PipelineError
+from imgclf.models import build_model
+
+BASE = {"learning_rate": 0.01, "batch_size": 32, "epochs": 4, "seed": 1, "model": "simple_cnn"}
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    schedule = training.learning_rate({**BASE, "schedule": "cosine", "warmup_epochs": 1}, steps_per_epoch=10, epochs=4)
+    values = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
+    assert values[0] == pytest.approx(0.001)
+    assert values[0] < values[1] < values[2] == pytest.approx(0.01)
+    assert values[2] > values[3] > values[4] >= 0
+    assert training.learning_rate({**BASE, "schedule": "constant"}, 10, 4) == 0.01
+    with pytest.raises(PipelineError, match="schedule"):
+        training.learning_rate({**BASE, "schedule": "exp"}, 10, 4)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_optimizers(name):
+    optimizer = training.optimizer({"optimizer": name, "weight_decay": 1e-4, "momentum": 0.8}, 0.1)
+    assert optimizer.name.lower().replace("_", "") == name
+    with pytest.raises(PipelineError, match="optimizer"):
+        training.optimizer({"optimizer": "lion"}, 0.1)
+
+
+def test_train_dataset_is_seeded_and_one_hot():
+    x = np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1)
+    y = np.arange(50) % 5
+
+    def first_batch(seed):
+        images, labels = next(iter(training.train_dataset(x, y, 5, batch_size=8, seed=seed)))
+        return images.numpy().ravel(), labels.numpy()
+
+    a, labels = first_batch(3)
+    b, _ = first_batch(3)
+    c, _ = first_batch(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert labels.shape == (8, 5)
+    np.testing.assert_array_equal(labels.argmax(1), a % 5)  # labels travel with their images
+
+
+def test_is_chief(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert training.is_chief()
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert training.is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert not training.is_chief()
+    with_chief = {**cluster, "chief": ["localhost:0"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    assert not training.is_chief()
+
+
+def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
+    path = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [0, 1, 1, 2], "loss": [3.0, 2.0, 1.9, 1.5]}).to_csv(path, index=False)
+    history = training.read_history(path)
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["loss"].tolist() == [3.0, 1.9, 1.5]
+
+
+def test_pretrained_transfer_trains_in_two_phases_with_continuous_epochs(tmp_path, digits):
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights = tmp_path / "base.weights.h5"
+    base.save_weights(weights)
+    images, target = digits
+    x = np.repeat(np.repeat(images[:, :, :, None], 4, axis=1), 4, axis=2)[:, :28, :28]  # 32x32 -> 28x28 crop
+    data = training.TrainData(x[:200], target[:200], x[200:260], target[200:260], [str(d) for d in range(10)])
+    params = {
+        **BASE,
+        "model": "mobilenet_v2",
+        "epochs": 3,
+        "transfer": {"weights": str(weights), "frozen_epochs": 1, "fine_tune_layers": 5},
+    }
+    model = build_model("mobilenet_v2", x.shape[1:], 10, {"transfer": params["transfer"]})
+    training.compile_model(model, params, 0.01)
+    history_path = tmp_path / "history.csv"
+    training.fit(model, data, params, tmp_path / "run", history_path)
+    assert training.read_history(history_path)["epoch"].tolist() == [0, 1, 2]
+    assert (tmp_path / "run" / "frozen.done.weights.h5").exists()
