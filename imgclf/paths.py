@@ -137,6 +137,27 @@ class Layout:
     def predictions(self) -> Path:
         return self.eval_reports / "predictions.csv"
 
+    # export-tflite
+    @property
+    def tflite(self) -> Path:
+        """The .tflite variants, one ``model_<variant>.tflite`` each, and their model card."""
+        return self.root / "models" / "tflite"
+
+    def tflite_model(self, variant: str) -> Path:
+        return self.tflite / f"model_{variant}.tflite"
+
+    @property
+    def tflite_meta(self) -> Path:
+        return self.tflite / "model_card.json"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "models" / "labels.txt"
+
+    @property
+    def export_report(self) -> Path:
+        return self.root / "reports" / "export.json"
+
 
 def layout(root: str | Path | None = None) -> Layout:
     """The layout under ``root`` (default: the repository this package lives in, or the cwd)."""

@@ -1,5 +1,6 @@
 """The train and evaluate stages for real, on a small Fashion-MNIST subset in a copy of the repo."""
 
+import json
 import os
 import signal
 import subprocess
@@ -59,7 +60,8 @@ def test_training_killed_mid_way_resumes_from_its_last_epoch(prepared):
     assert sorted(set(steps)) == list(range(6))
 
 
-def test_mlflow_run_holds_params_curves_model_and_evaluation(prepared):
+def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
+    """The whole graph, its MLflow run, then `dvc metrics diff` and `dvc plots diff` after changing train.epochs."""
     run(["git", "add", "-A"], prepared)
     run(["git", "commit", "-qm", "pipeline"], prepared)
     set_params(prepared, train={"epochs": 2})
@@ -85,3 +87,72 @@ def test_mlflow_run_holds_params_curves_model_and_evaluation(prepared):
     logged = mlflow.models.get_model_info(info["model_uri"])
     assert logged.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
     assert logged.saved_input_example_info is not None
+
+    # commit, change train.epochs, repro: only train and evaluate rerun, and the diffs show both
+    run(["git", "add", "-A"], prepared)
+    run(["git", "commit", "-qm", "two epochs"], prepared)
+    set_params(prepared, train={"epochs": 3})
+    rerun = run(["dvc", "repro"], prepared)
+    assert "Running stage 'train'" in rerun.stdout and "Running stage 'evaluate'" in rerun.stdout
+    assert "Running stage 'augment'" not in rerun.stdout
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], prepared).stdout)["reports/metrics.json"]
+    assert diff["test.log_loss"]["old"] != diff["test.log_loss"]["new"]
+    assert "test.accuracy" in run(["dvc", "metrics", "diff"], prepared).stdout
+
+    for plot, field in (("confusion", "actual"), ("loss", "val_loss")):
+        vega = json.loads(run(["dvc", "plots", "diff", "HEAD", "--show-vega", "--targets", plot], prepared).stdout)
+        values = _vega_values(vega)
+        assert {v["rev"] for v in values} == {"HEAD", "workspace"}, plot
+        assert any(field in v or v.get("field") == field for v in values), plot
+    loss_points = _vega_values(
+        json.loads(run(["dvc", "plots", "diff", "HEAD", "--show-vega", "--targets", "loss"], prepared).stdout)
+    )
+    assert {(v["rev"], int(v["epoch"])) for v in loss_points} >= {("HEAD", 1), ("workspace", 2)}
+    html = run(["dvc", "plots", "diff", "HEAD", "-o", "plots"], prepared)
+    assert (prepared / "plots" / "index.html").exists(), html.stdout
+
+    # export-tflite: every variant verified; a forced accuracy drop fails with one clear line
+    report = read_json(paths.export_report)
+    assert set(report["variants"]) == {"float32", "float16", "dynamic", "int8"}
+    assert report["variants"]["float32"]["agreement"] >= 0.99
+    assert (paths.labels).read_text().splitlines()[0] == "T-shirt/top"
+    set_params(prepared, export={"max_accuracy_drop": -1.0})
+    failed = run(["dvc", "repro", "export-tflite"], prepared, check=False)
+    assert failed.returncode != 0
+    assert "export-tflite: error: 4 variant(s) lost too much accuracy: float32 accuracy" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+    # predict on a folder with a CSV of names (the seed layout's test folder), one image corrupt
+    import cv2
+    import numpy as np
+
+    folder = prepared / "unlabeled"
+    (folder / "images").mkdir(parents=True)
+    test_x = np.load(paths.preprocessed_x("test"))
+    for i in range(4):
+        cv2.imwrite(str(folder / "images" / f"photo {i}.jpg"), cv2.resize(test_x[i], (64, 64)))
+    (folder / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "test.csv").write_text("image_name\nphoto 0.jpg\ncorrupt.png\nphoto 1.jpg\nphoto 2.jpg\nphoto 3.jpg\n")
+    run([sys.executable, "stages/predict.py", "unlabeled", "--output", "out/predictions.csv"], prepared)
+    table = pd.read_csv(prepared / "out" / "predictions.csv", keep_default_na=False)
+    assert len(table) == 5 and table.loc[1, "error"].startswith("cannot read image")
+    assert set(table.loc[table["error"] == "", "predicted_label"]) <= set(paths.labels.read_text().splitlines())
+
+
+def _vega_values(spec) -> list[dict]:
+    """The data rows of a Vega-Lite spec printed by `dvc plots --show-vega`."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("values"), list) and node["values"] and isinstance(node["values"][0], dict):
+                found.extend(node["values"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    return found

@@ -1,0 +1,177 @@
+"""export-tflite: convert the Keras model to .tflite variants and verify each one with LiteRT.
+
+Conversion goes through a SavedModel (``model.export(..., format="tf_saved_model")``
+then ``tf.lite.TFLiteConverter.from_saved_model``) with built-in TFLite ops only, so
+the files run on a phone's LiteRT runtime. Verification runs the .tflite files
+themselves with ``ai_edge_litert``'s interpreter, never the Keras model.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.io import PipelineError, write_bytes
+
+log = logging.getLogger(__name__)
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+def calibration_sample(x: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A seeded random subset of training images for int8 calibration."""
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(x), size=min(count, len(x)), replace=False))
+    return np.asarray(x[picks])
+
+
+def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None = None) -> bytes:
+    """One variant's .tflite bytes. int8 is full-integer: uint8 in, uint8 probabilities out."""
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise PipelineError(f"export.variants: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex / SELECT_TF_OPS
+    if variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if calibration is None or not len(calibration):
+            raise PipelineError("int8 export needs calibration images (export.calibration_samples > 0)")
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for image in calibration:
+                yield [image[None].astype(np.uint8)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter raises ConverterError and plain exceptions
+        raise PipelineError(f"TFLite conversion of the {variant} variant failed: {error}".splitlines()[0]) from error
+
+
+def export_all(model, variants: list[str], calibration: np.ndarray, out_dir: Path) -> dict[str, Path]:
+    """Write ``model_<variant>.tflite`` for each variant into ``out_dir``."""
+    files = {}
+    with tempfile.TemporaryDirectory(prefix="imgclf-savedmodel-") as tmp:
+        saved_model = Path(tmp) / "saved_model"
+        model.export(str(saved_model), format="tf_saved_model", verbose=False)
+        for variant in variants:
+            start = time.perf_counter()
+            path = out_dir / f"model_{variant}.tflite"  # = Layout.tflite_model(variant)
+            write_bytes(path, convert(saved_model, variant, calibration))
+            files[variant] = path
+            log.info("%s: %s in %.1f s", variant, path.name, time.perf_counter() - start)
+    return files
+
+
+class TFLiteClassifier:
+    """Runs a .tflite classifier with LiteRT: uint8 images in, float probabilities out."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self._batch = int(self._input["shape"][0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._input["shape"][1:])
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], [batch, *self.input_shape])
+            self.interpreter.allocate_tensors()
+            self._input = self.interpreter.get_input_details()[0]
+            self._output = self.interpreter.get_output_details()[0]
+            self._batch = batch
+
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        dtype = self._input["dtype"]
+        scale, zero_point = self._input["quantization"]
+        if dtype == np.uint8 or not scale:
+            return images.astype(dtype)
+        return np.clip(np.round(images / scale + zero_point), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+
+    def _read(self) -> np.ndarray:
+        out = self.interpreter.get_tensor(self._output["index"])
+        scale, zero_point = self._output["quantization"]
+        return (out.astype(np.float32) - zero_point) * scale if scale else out.astype(np.float32)
+
+    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start : start + batch_size])
+            self._resize(len(batch))
+            self.interpreter.set_tensor(self._input["index"], self._prepare(batch))
+            self.interpreter.invoke()
+            outputs.append(self._read())
+        return np.concatenate(outputs) if outputs else np.empty((0, self._output["shape"][-1]), np.float32)
+
+    def latency_ms(self, images: np.ndarray, runs: int = 100, warmup: int = 10) -> float:
+        """Median wall time of one batch-1 invoke, in milliseconds."""
+        self._resize(1)
+        times = []
+        for i in range(warmup + runs):
+            self.interpreter.set_tensor(self._input["index"], self._prepare(images[i % len(images)][None]))
+            start = time.perf_counter()
+            self.interpreter.invoke()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000)
+
+
+def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.ndarray, latency_runs: int = 100) -> dict:
+    """Accuracy of the .tflite file itself, agreement with Keras' predictions, size and batch-1 latency."""
+    classifier = TFLiteClassifier(path)
+    predicted = classifier.predict(x_test).argmax(axis=1)
+    return {
+        "file": path.name,
+        "size_bytes": path.stat().st_size,
+        "accuracy": round(float((predicted == y_test).mean()), 6),
+        "agreement": round(float((predicted == keras_pred).mean()), 6),
+        "latency_ms_p50": round(classifier.latency_ms(x_test, runs=latency_runs), 4),
+    }
+
+
+def accuracy_failures(report: dict, max_drop: float) -> list[str]:
+    """Variants whose accuracy falls more than ``max_drop`` below the Keras model's."""
+    keras_accuracy = report["keras_accuracy"]
+    return [
+        f"{name} accuracy {v['accuracy']:.4f} is {keras_accuracy - v['accuracy']:.4f} below Keras' "
+        f"{keras_accuracy:.4f} (export.max_accuracy_drop {max_drop})"
+        for name, v in report["variants"].items()
+        if keras_accuracy - v["accuracy"] > max_drop + 1e-12
+    ]
+
+
+def model_card(preprocess_meta: dict, files: dict[str, Path]) -> dict:
+    """The label list and input contract, written beside the .tflite files for apps and ``predict``."""
+    return {
+        "labels": preprocess_meta["class_names"],
+        "input": {
+            "shape": [1, *preprocess_meta["input_shape"]],
+            "dtype": "uint8",
+            "range": [0, 255],
+            "color_mode": preprocess_meta["color_mode"],
+            "image_size": preprocess_meta["image_size"],
+            "resize": "cv2.INTER_AREA when shrinking, INTER_LINEAR when growing, to a square",
+        },
+        "output": "probabilities, one per label in labels.txt order; int8 variant: uint8, dequantize with the output tensor's scale and zero point",
+        "variants": {name: path.name for name, path in files.items()},
+    }

@@ -1,0 +1,59 @@
+"""Stage export-tflite: the Keras model -> verified .tflite variants, labels.txt and reports/export.json."""
+
+import logging
+import sys
+
+import keras
+import mlflow
+
+from imgclf import export, tracking
+from imgclf.io import PipelineError, describe, load_params, read_json, read_npy, run_stage, write_json, write_text
+from imgclf.paths import layout
+
+log = logging.getLogger("imgclf.export")
+
+
+def main() -> None:
+    params = load_params("export")
+    paths = layout()
+    if not paths.model.exists():
+        raise PipelineError(f"{paths.model} not found: run the train stage first")
+    model = keras.models.load_model(paths.model, compile=False)
+    meta = read_json(paths.preprocessed_meta)
+    x_test, y_test = read_npy(paths.preprocessed_x("test"), mmap=False), read_npy(paths.preprocessed_y("test"))
+    calibration = export.calibration_sample(
+        read_npy(paths.preprocessed_x("train")), int(params["calibration_samples"]), int(params["seed"])
+    )
+    variants = list(params["variants"])
+    files = export.export_all(model, variants, calibration, paths.tflite)
+
+    keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)
+    report = {
+        "keras_accuracy": round(float((keras_pred == y_test).mean()), 6),
+        "test_samples": len(y_test),
+        "variants": {},
+    }
+    for variant, path in files.items():
+        report["variants"][variant] = export.verify(
+            path, x_test, y_test, keras_pred, int(params.get("latency_runs", 100))
+        )
+        log.info("%s: %s", variant, report["variants"][variant])
+
+    write_text(paths.labels, "".join(f"{name}\n" for name in meta["class_names"]))
+    write_json(paths.tflite_meta, export.model_card(meta, files))
+    write_json(paths.export_report, report)
+    with tracking.training_run(paths):
+        mlflow.log_artifacts(str(paths.tflite), "tflite")
+        mlflow.log_artifact(str(paths.labels), "tflite")
+        mlflow.log_artifact(str(paths.export_report), "tflite")
+        for variant, result in report["variants"].items():
+            mlflow.log_metrics({f"tflite_{variant}_{k}": v for k, v in result.items() if k != "file"})
+    failures = export.accuracy_failures(report, float(params["max_accuracy_drop"]))
+    if failures:
+        raise PipelineError(f"{len(failures)} variant(s) lost too much accuracy: {'; '.join(failures)}")
+    for path in (*files.values(), paths.labels, paths.export_report):
+        log.info("wrote %s", describe(path))
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage("export-tflite", main))

@@ -1,0 +1,92 @@
+"""Each .tflite variant against its Keras model, run with LiteRT on fresh random uint8 inputs."""
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from imgclf import export
+from imgclf.models import build_model
+from imgclf.predict import collect, predict
+
+# Stated tolerances: max |p_tflite - p_keras| over all classes and images.
+TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "dynamic": 0.05, "int8": 0.08}
+
+
+@pytest.fixture(scope="module")
+def small_model(digits):
+    images, target = digits
+    x = np.stack([cv2.resize(i, (28, 28))[:, :, None] for i in images])
+    keras.utils.set_random_seed(0)
+    model = build_model("simple_cnn", (28, 28, 1), 10, {"simple_cnn": {"filters": [8, 16], "dense": 128}})
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, target, epochs=2, batch_size=64, verbose=0)
+    return model, x
+
+
+@pytest.fixture(scope="module")
+def exported(small_model, tmp_path_factory):
+    model, x = small_model
+    out = tmp_path_factory.mktemp("tflite")
+    # calibrate on the kinds of input the checks use: real digits and uniform noise (not the test's draws)
+    noise = np.random.default_rng(7).integers(0, 256, (100, 28, 28, 1), dtype=np.uint8)
+    calibration = np.concatenate([export.calibration_sample(x, 100, seed=1), noise])
+    return export.export_all(model, list(export.VARIANTS), calibration, out)
+
+
+@pytest.mark.parametrize("variant", export.VARIANTS)
+def test_variant_matches_keras_on_fresh_random_inputs(small_model, exported, variant):
+    model, _ = small_model
+    fresh = np.random.default_rng(123).integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    expected = model.predict(fresh, verbose=0)
+    got = export.TFLiteClassifier(exported[variant]).predict(fresh, batch_size=16)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= TOLERANCE[variant]
+
+
+def test_variants_are_builtin_ops_and_int8_is_small(exported):
+    sizes = {v: p.stat().st_size for v, p in exported.items()}
+    assert sizes["int8"] <= 0.3 * sizes["float32"]
+    assert sizes["float16"] < sizes["float32"]
+    classifier = export.TFLiteClassifier(exported["int8"])
+    assert classifier._input["dtype"] == np.uint8 and classifier._output["dtype"] == np.uint8
+    for path in exported.values():
+        assert b"Flex" not in path.read_bytes()  # no SELECT_TF_OPS kernels
+
+
+def test_verify_reports_accuracy_agreement_and_latency(small_model, exported):
+    model, x = small_model
+    y = model.predict(x[:300], verbose=0).argmax(1)
+    result = export.verify(exported["float32"], x[:300], y, y, latency_runs=5)
+    assert result["accuracy"] == result["agreement"] == 1.0
+    assert result["size_bytes"] > 0 and result["latency_ms_p50"] > 0
+    report = {"keras_accuracy": 0.9, "variants": {"int8": {"accuracy": 0.89}, "float32": {"accuracy": 0.9}}}
+    assert export.accuracy_failures(report, 0.005)[0].startswith("int8 accuracy 0.8900 is 0.0100 below")
+    assert export.accuracy_failures(report, 0.02) == []
+
+
+def test_predict_on_a_folder_with_a_csv_and_a_corrupt_image(tmp_path, small_model, exported):
+    _, x = small_model
+    folder = tmp_path / "test"
+    (folder / "images").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(folder / "images" / f"img{i}.png"), cv2.resize(x[i], (40, 40)))  # any size works
+    (folder / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "test.csv").write_text("image\nimg0.png\nimg1.png\nbroken.jpg\n../outside.png\nimg2.png\nmissing.png\n")
+    items = collect([folder])
+    table = predict(export.TFLiteClassifier(exported["int8"]), items, [str(d) for d in range(10)], 28, "grayscale")
+    assert table["image"].tolist() == [
+        "img0.png",
+        "img1.png",
+        "broken.jpg",
+        "../outside.png",
+        "img2.png",
+        "missing.png",
+    ]
+    errors = dict(zip(table["image"], table["error"].fillna(""), strict=True))
+    assert errors["broken.jpg"].startswith("cannot read image")
+    assert errors["../outside.png"] == "path leaves the dataset folder"
+    assert errors["missing.png"] == "file not found"
+    ok = table[table["error"].fillna("") == ""]
+    assert len(ok) == 3 and ok["predicted_label"].isin([str(d) for d in range(10)]).all()
+    assert (ok["probability"] >= ok["top2_probability"]).all() and (ok["top1_label"] == ok["predicted_label"]).all()
