@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset run test lint bench clean
+.PHONY: setup dataset run test lint bench bench-quick clean
 setup: $(VENV)/.installed dataset
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -29,6 +29,12 @@ run: setup
 
 test: setup
 	pytest
+
+bench: setup
+	python benchmarks/run.py
+
+bench-quick: setup
+	python benchmarks/run.py --quick
 
 lint: setup
 	ruff check . && ruff format --check .

@@ -110,7 +110,7 @@ def _download(target: Path) -> Path:
             keras.utils.get_file(
                 f"{name}.gz",
                 origin=KERAS_ORIGIN + f"{name}.gz",
-                cache_dir=str(target.parent.parent),
+                cache_dir=str(target.parent),
                 cache_subdir=target.name,
             )
     except Exception as error:  # network errors come in many types
@@ -120,6 +120,8 @@ def _download(target: Path) -> Path:
             "'apt-get install dataset-fashion-mnist', or set ingest.fashion_mnist_dir in params.yaml "
             "to a folder holding the four IDX files, or go online once so Keras can download it."
         ) from error
+    if not _complete(target):
+        raise PipelineError(f"the Fashion-MNIST download to {target} is incomplete; delete the folder and retry")
     return target
 
 

@@ -33,14 +33,17 @@ class PipelineError(Exception):
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
-    The temporary name keeps the suffix (``.model.keras.tmp-x1y2.keras``) because some writers,
-    such as Keras' ``model.save``, choose the format from it.
+    The temporary name keeps the suffixes (``.model.tmp-x1y2.keras``, ``.w.tmp-x1y2.weights.h5``)
+    because some writers, such as Keras' ``model.save``, choose the format from them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix="".join(path.suffixes), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -24,14 +24,25 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
     return float(ece)
 
 
+def top_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
+    """scikit-learn's top-k accuracy; it needs k < n_classes and more than two classes, the rest is trivial."""
+    n_classes = proba.shape[1]
+    if k >= n_classes:
+        return 1.0
+    if n_classes <= 2:  # k == 1
+        return float(skm.accuracy_score(y_true, proba.argmax(axis=1)))
+    return float(skm.top_k_accuracy_score(y_true, proba, k=k, labels=np.arange(n_classes)))
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], top_k: int = 3) -> dict:
     """The numbers that go under ``"test"`` in ``reports/metrics.json``."""
     y_true = np.asarray(y_true)
     labels = np.arange(len(class_names))
     y_pred = proba.argmax(axis=1)
+    k = max(1, min(int(top_k), len(labels)))
     result = {
         "accuracy": skm.accuracy_score(y_true, y_pred),
-        f"top_{top_k}_accuracy": skm.top_k_accuracy_score(y_true, proba, k=min(top_k, len(labels) - 1), labels=labels),
+        f"top_{k}_accuracy": top_k_accuracy(y_true, proba, k),
         "log_loss": skm.log_loss(y_true, proba, labels=labels),
         "ece": expected_calibration_error(y_true, proba),
         "samples": len(y_true),

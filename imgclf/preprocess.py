@@ -80,6 +80,7 @@ def _stratified(manifest: pd.DataFrame, pool: pd.Index, count: float, seed: int)
     labels = manifest.loc[pool, "label"]
     if count >= len(pool):
         raise PipelineError(f"cannot carve {count} rows out of {len(pool)} training rows")
-    stratify = labels if labels.value_counts().min() >= 2 and count >= labels.nunique() else None
+    classes = labels.nunique()
+    stratify = labels if labels.value_counts().min() >= 2 and classes <= count <= len(pool) - classes else None
     keep, carved = train_test_split(pool, test_size=count, random_state=seed, stratify=stratify)
     return pd.Index(sorted(keep)), pd.Index(sorted(carved))

@@ -128,3 +128,18 @@ def log_keras_model(model, example, registered_model_name: str | None):
         input_example=example,
         registered_model_name=registered_model_name or None,
     )
+
+
+class EpochMetrics(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback (per-epoch metrics), logging the optimizer params and model summary
+    only when ``log_setup``: a fine-tuning phase or a resumed training has a new optimizer whose
+    values would "change" params already logged, which MLflow refuses."""
+
+    def __init__(self, log_setup: bool = True):
+        super().__init__()
+        self.log_setup = log_setup
+
+    def on_train_begin(self, logs=None):
+        if self.log_setup:
+            self.log_setup = False
+            super().on_train_begin(logs)

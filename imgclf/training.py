@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from imgclf.io import PipelineError
+from imgclf.io import PipelineError, atomic_path
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -124,7 +125,7 @@ def optimizer(params: dict, lr) -> keras.optimizers.Optimizer:
     if name == "adam":
         return keras.optimizers.Adam(lr)
     if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=weight_decay or 0.004)
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay or 0.0)
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     if name == "rmsprop":
@@ -142,19 +143,24 @@ def compile_model(model: keras.Model, params: dict, lr) -> None:
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs each epoch in one line and remembers the first epoch run (> 0 when resumed)."""
+    """Adds ``epoch_time_s`` to the epoch's logs (so history.csv and MLflow get it), logs each epoch in
+    one line, and remembers the first epoch run (> 0 when resumed). Must come before CSVLogger."""
 
     def __init__(self):
         super().__init__()
         self.first_epoch: int | None = None
+        self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
         if self.first_epoch is None:
             self.first_epoch = epoch
             if epoch:
                 log.info("resumed from backup: continuing at epoch %d", epoch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_time_s"] = round(time.perf_counter() - self._started, 3)
         shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float | int))
         log.info("epoch %d: %s", epoch + 1, shown)
 
@@ -165,11 +171,12 @@ def backup_key(params: dict, data_hash: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def callbacks(params: dict, backup_dir: Path, history_path: Path, extra=()) -> list[keras.callbacks.Callback]:
-    result = [
-        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
-        keras.callbacks.CSVLogger(str(history_path), append=True),
-    ]
+def callbacks(
+    params: dict, backup_dir: Path, history_path: Path, epoch_logger: EpochLogger, extra=()
+) -> list[keras.callbacks.Callback]:
+    # Order matters for a kill between callbacks: epoch logs are written before the backup is, so a
+    # kill can repeat an epoch's row (read_history keeps the last) but never lose one.
+    result = [epoch_logger, keras.callbacks.CSVLogger(str(history_path), append=True), *extra]
     patience = params.get("early_stopping_patience")
     if patience:
         result.append(
@@ -183,7 +190,7 @@ def callbacks(params: dict, backup_dir: Path, history_path: Path, extra=()) -> l
                 patience=int(params.get("plateau_patience", 2)),
             )
         )
-    return [*result, *extra]
+    return [*result, keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True)]
 
 
 def read_history(path: Path) -> pd.DataFrame:
@@ -211,6 +218,8 @@ def load_train_data(layout, use_augmented: bool = True) -> TrainData:
     if not layout.preprocessed_meta.exists():
         raise PipelineError(f"{layout.preprocessed_meta} not found: run the preprocess stage first")
     x_train, y_train = read_npy(layout.preprocessed_x("train"), mmap=False), read_npy(layout.preprocessed_y("train"))
+    if len(x_train) == 0:
+        raise PipelineError("the training split is empty: check reports/validation.md and ingest.limit")
     if use_augmented:
         if not layout.augmented_x.exists():
             raise PipelineError(f"{layout.augmented_x} not found: run the augment stage first")
@@ -261,9 +270,11 @@ def fit(
             continue
         if name == "fine_tune":
             transfer = params.get("transfer") or {}
-            count = unfreeze_top(model, int(transfer.get("fine_tune_layers", 20)))
             lr = float(params["learning_rate"]) * float(transfer.get("fine_tune_lr_factor", 0.1))
-            compile_model(model, params, learning_rate(params, steps(len(data.x_train), batch_size), last - first, lr))
+            with model.distribute_strategy.scope():  # the new optimizer must belong to the model's strategy
+                count = unfreeze_top(model, int(transfer.get("fine_tune_layers", 20)))
+                schedule = learning_rate(params, steps(len(data.x_train), batch_size), last - first, lr)
+                compile_model(model, params, schedule)
             log.info("fine-tuning: %d base layers unfrozen, learning rate %.2g", count, lr)
         if last > first:
             model.fit(
@@ -271,9 +282,10 @@ def fit(
                 validation_data=val,
                 initial_epoch=first,
                 epochs=last,
-                callbacks=callbacks(params, run_dir / name, history_path, [epoch_logger, *extra_callbacks]),
+                callbacks=callbacks(params, run_dir / name, history_path, epoch_logger, extra_callbacks),
                 verbose=verbose,
             )
         if len(phases) > 1:
-            model.save_weights(done_marker)
+            with atomic_path(done_marker) as tmp:
+                model.save_weights(tmp)
     return epoch_logger

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from imgclf.augmentation import build_policy, materialize, preview_grid, save_policy
-from imgclf.io import describe, load_params, read_json, read_npy, run_stage, write_npy
+from imgclf.io import PipelineError, describe, load_params, read_json, read_npy, run_stage, write_npy
 from imgclf.paths import layout
 
 log = logging.getLogger("imgclf.augment")
@@ -17,6 +17,8 @@ def main() -> None:
     paths = layout()
     x, y = read_npy(paths.preprocessed_x("train")), read_npy(paths.preprocessed_y("train"))
     class_names = read_json(paths.preprocessed_meta)["class_names"]
+    if len(x) == 0:
+        raise PipelineError("the training split is empty: nothing to augment (see reports/validation.md)")
     policy = build_policy(params.get("policy") or {}, x.shape[1:3])
     save_policy(policy, paths.augment_policy)
     copies, seed = int(params["copies"]), int(params["seed"])

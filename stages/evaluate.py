@@ -42,7 +42,8 @@ def main() -> None:
     figures.confident_mistakes(x, y, proba, class_names, out / "mistakes.png", int(params.get("mistakes", 16)))
     rng = np.random.default_rng(int(params.get("seed", 42)))
     picks = np.sort(rng.choice(len(x), size=min(int(params.get("grad_cam_samples", 8)), len(x)), replace=False))
-    figures.grad_cam_grid(model, x[picks], y[picks], class_names, out / "grad_cam.png")
+    if len(picks):
+        figures.grad_cam_grid(model, x[picks], y[picks], class_names, out / "grad_cam.png")
 
     with tracking.training_run(paths):
         scalars = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, int | float) and v is not None}

@@ -21,6 +21,8 @@ def main() -> None:
     model = keras.models.load_model(paths.model, compile=False)
     meta = read_json(paths.preprocessed_meta)
     x_test, y_test = read_npy(paths.preprocessed_x("test"), mmap=False), read_npy(paths.preprocessed_y("test"))
+    if len(x_test) == 0:
+        raise PipelineError("the test split is empty: nothing to verify the exported models on")
     calibration = export.calibration_sample(
         read_npy(paths.preprocessed_x("train")), int(params["calibration_samples"]), int(params["seed"])
     )

@@ -26,6 +26,12 @@ def main() -> None:
         manifest, float(params["val_fraction"]), float(params["test_fraction"]), int(params["seed"])
     )
     manifest["label_index"] = manifest["label"].map({name: i for i, name in enumerate(class_names)})
+    unknown = manifest[manifest["label_index"].isna()]
+    if len(unknown):
+        raise PipelineError(
+            f"{len(unknown)} validated row(s) have labels outside the class list (e.g. {unknown['label'].iloc[0]!r}); "
+            "set validate.rules.unknown_label to error so validate quarantines them"
+        )
     counts = {}
     for split in SPLITS:
         rows = manifest[manifest["split"] == split]

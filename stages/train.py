@@ -52,7 +52,7 @@ def main() -> None:
             mlflow.set_tags(tracking.run_tags(paths.root, data_hash, params["model"]))
         else:
             log.info("continuing MLflow run %s", run.info.run_id)
-        extra = [mlflow.keras.MlflowCallback()] if chief else []
+        extra = [tracking.EpochMetrics(log_setup=run_id is None)] if chief else []
         epochs = training.fit(model, data, params, run_dir, history_tmp, extra)
         if not chief:
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from imgclf.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
-from imgclf.paths import REPO_ROOT
-
-REPO_FILES = ["dvc.yaml", "params.yaml", "stages", "imgclf", "pyproject.toml"]
+from imgclf.paths import copy_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -88,14 +85,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A fresh git + DVC repository holding the pipeline's code and params, nothing else."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in REPO_FILES:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, root / name)
+    root = copy_pipeline(tmp_path / "repo")
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)

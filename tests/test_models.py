@@ -27,11 +27,14 @@ def test_builders_take_uint8_and_return_probabilities(name, shape):
 
 
 def test_scaling_lives_inside_the_model():
-    """The same pixels as uint8 give the same output as the model computed on floats 0..255."""
+    """uint8 pixels in; the model's own first layer maps them to [0, 1] for the layers after it."""
     model = build_model("simple_cnn", (28, 28, 1), 3, PARAMS)
+    rescaling = model.layers[1]
+    assert isinstance(rescaling, keras.layers.Rescaling) and rescaling.scale == pytest.approx(1 / 255)
     images = np.random.default_rng(1).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
-    as_float = model(images.astype("float32"), training=False)
-    np.testing.assert_allclose(model.predict(images, verbose=0), np.asarray(as_float), rtol=1e-5, atol=1e-6)
+    rest = keras.Model(model.layers[2].input, model.output)  # everything after the scaling
+    expected = rest(images.astype("float32") / 255.0, training=False)
+    np.testing.assert_allclose(model.predict(images, verbose=0), np.asarray(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_offline_imagenet_is_a_clear_error(monkeypatch, tmp_path):
