@@ -96,10 +96,14 @@ def confident_mistakes(images, y_true, proba, class_names, path: Path, count: in
 
 
 def last_feature_layer(model: keras.Model) -> keras.layers.Layer:
-    """The last top-level layer with a spatial (4-D) output: the feature map Grad-CAM explains."""
+    """The last top-level layer with a spatial (4-D) output that is not pooling or dropout: the
+    finest late feature map, which is what Grad-CAM explains (a conv block's activation, a ResNet
+    block's output, or a transfer model's whole base)."""
+    skip = (keras.layers.InputLayer, keras.layers.Dropout, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
     for layer in reversed(model.layers):
-        shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
+        if isinstance(layer, skip):
+            continue
+        if len(getattr(layer, "output", np.empty(0)).shape) == 4:
             return layer
     raise ValueError("the model has no spatial feature layer")
 
@@ -122,13 +126,13 @@ def grad_cam(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def grad_cam_grid(model: keras.Model, images: np.ndarray, y_true, class_names, path: Path) -> None:
     cams, predicted = grad_cam(model, images)
-    fig, axes = plt.subplots(2, len(images), figsize=(2.2 * len(images), 4.8), squeeze=False)
+    fig, axes = plt.subplots(2, len(images), figsize=(2.2 * len(images), 5.2), squeeze=False)
     for col, (image, cam) in enumerate(zip(images, cams, strict=True)):
         _show(axes[0][col], image)
         axes[0][col].set_title(f"true: {class_names[y_true[col]]}", fontsize=8)
         _show(axes[1][col], image)
         heat = tf.image.resize(cam[:, :, None], image.shape[:2]).numpy().squeeze()
         axes[1][col].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        axes[1][col].set_title(f"pred: {class_names[predicted[col]]}", fontsize=8)
+        axes[1][col].set_xlabel(f"pred: {class_names[predicted[col]]}", fontsize=8)
     fig.suptitle(f"Grad-CAM on '{last_feature_layer(model).name}' (red: what drove the prediction)")
     _save(fig, path)
