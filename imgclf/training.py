@@ -163,6 +163,40 @@ class EpochLogger(keras.callbacks.Callback):
         log.info("epoch %d: %s", epoch + 1, shown)
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping on validation loss, best weights restored, whose state survives a kill.
+
+    Keras' EarlyStopping starts afresh in every process, so a resumed training would forget its
+    best epoch and patience. Here the best weights are kept in ``best_path`` and ``best``/``wait``
+    are rebuilt from the epoch log, so a resumed training stops where an uninterrupted one would.
+    """
+
+    def __init__(self, best_path: Path, history_path: Path, patience: int):
+        super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
+        self.best_path, self.history_path = Path(best_path), Path(history_path)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if not (self.best_path.exists() and self.history_path.exists()):
+            return
+        history = read_history(self.history_path)
+        if history.empty or "val_loss" not in history:
+            return
+        best_row = history["val_loss"].idxmin()
+        self.best = float(history.at[best_row, "val_loss"])
+        self.best_epoch = int(history.at[best_row, "epoch"])
+        self.wait = int(history["epoch"].iloc[-1]) - self.best_epoch
+        with np.load(self.best_path) as saved:
+            self.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
+        log.info("early stopping resumed: best val_loss %.4f at epoch %d", self.best, self.best_epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.best_epoch == epoch and self.best_weights is not None:
+            with atomic_path(self.best_path) as tmp:
+                np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+
+
 def backup_key(params: dict, data_hash: str) -> str:
     """Backups are only resumed by a training with the same params and data."""
     text = json.dumps({"train": params, "data": data_hash}, sort_keys=True, default=str)
@@ -177,9 +211,8 @@ def callbacks(
     result = [epoch_logger, keras.callbacks.CSVLogger(str(history_path), append=True), *extra]
     patience = params.get("early_stopping_patience")
     if patience:
-        result.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience), restore_best_weights=True)
-        )
+        best_path = backup_dir.parent / f"{backup_dir.name}.best.npz"
+        result.append(ResumableEarlyStopping(best_path, history_path, int(patience)))
     if params.get("schedule") == "plateau":
         result.append(
             keras.callbacks.ReduceLROnPlateau(

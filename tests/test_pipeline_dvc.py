@@ -37,7 +37,7 @@ def test_data_stages_repro_noop_and_byte_identical_on_force(repo_copy, fashion_m
 
     again = run(["dvc", "repro", "augment"], repo_copy)
     assert "Running stage" not in again.stdout
-    assert "up to date" in run(["dvc", "status"], repo_copy).stdout
+    assert "up to date" in run(["dvc", "status", "augment"], repo_copy).stdout
 
     run(["dvc", "repro", "--force", "augment"], repo_copy)
     assert output_hashes(repo_copy) == hashes

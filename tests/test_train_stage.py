@@ -73,7 +73,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     params, tags, metrics = mlflow_run.data.params, mlflow_run.data.tags, mlflow_run.data.metrics
     assert params["train.epochs"] == "2" and params["ingest.limit"] == "100" and params["preprocess.image_size"] == "28"
     assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], prepared).stdout.strip()
-    assert len(tags["data_hash"]) == 64 and tags["model"] == "resnet_small"
+    assert len(tags["data_hash"]) == 64 and tags["model"] == params["train.model"]
     assert [m.step for m in client.get_metric_history(info["run_id"], "val_loss")] == [0, 1]
     assert metrics["test_accuracy"] == read_json(paths.metrics)["test"]["accuracy"]
     artifacts = {a.path for a in client.list_artifacts(info["run_id"], "eval")}

@@ -89,3 +89,18 @@ def test_pretrained_transfer_trains_in_two_phases_with_continuous_epochs(tmp_pat
     training.fit(model, data, params, tmp_path / "run", history_path)
     assert training.read_history(history_path)["epoch"].tolist() == [0, 1, 2]
     assert (tmp_path / "run" / "frozen.done.weights.h5").exists()
+
+
+def test_early_stopping_state_survives_a_restart(tmp_path):
+    model = build_model("simple_cnn", (8, 8, 1), 3, {"simple_cnn": {"filters": [4], "dense": 8}})
+    weights = [w + 1.0 for w in model.get_weights()]
+    np.savez(tmp_path / "best.npz", **{f"w{i}": w for i, w in enumerate(weights)})
+    pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [1.0, 0.8, 0.9, 0.85]}).to_csv(tmp_path / "h.csv", index=False)
+    callback = training.ResumableEarlyStopping(tmp_path / "best.npz", tmp_path / "h.csv", patience=3)
+    callback.set_model(model)
+    callback.on_train_begin()
+    assert (callback.best, callback.best_epoch, callback.wait) == (0.8, 1, 2)
+    callback.on_epoch_end(4, {"val_loss": 0.95})  # third epoch without improvement: patience 3 reached
+    assert model.stop_training
+    callback.on_train_end()  # restores the best weights saved before the "kill"
+    np.testing.assert_array_equal(model.get_weights()[0], weights[0])
