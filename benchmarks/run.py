@@ -142,7 +142,7 @@ def to_markdown(r: dict) -> str:
             fmt(ratios["test_accuracy_ours_minus_peer"], "+.4f") + " (diff)",
         ),
         (
-            "training time, s",
+            "training time, s (ours: the whole train stage)",
             fmt(peer["train_seconds"]),
             fmt(ours["train_s"]),
             fmt(ratios["train_time_ours_over_peer"], ".2f"),
