@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.io import PipelineError, write_bytes
+from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -61,15 +62,15 @@ def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None 
         raise PipelineError(f"TFLite conversion of the {variant} variant failed: {error}".splitlines()[0]) from error
 
 
-def export_all(model, variants: list[str], calibration: np.ndarray, out_dir: Path) -> dict[str, Path]:
-    """Write ``model_<variant>.tflite`` for each variant into ``out_dir``."""
+def export_all(model, variants: list[str], calibration: np.ndarray, layout: Layout) -> dict[str, Path]:
+    """Write each variant to ``layout.tflite_model(variant)``."""
     files = {}
     with tempfile.TemporaryDirectory(prefix="imgclf-savedmodel-") as tmp:
         saved_model = Path(tmp) / "saved_model"
         model.export(str(saved_model), format="tf_saved_model", verbose=False)
         for variant in variants:
             start = time.perf_counter()
-            path = out_dir / f"model_{variant}.tflite"  # = Layout.tflite_model(variant)
+            path = layout.tflite_model(variant)
             write_bytes(path, convert(saved_model, variant, calibration))
             files[variant] = path
             log.info("%s: %s in %.1f s", variant, path.name, time.perf_counter() - start)

@@ -27,7 +27,7 @@ def main() -> None:
         read_npy(paths.preprocessed_x("train")), int(params["calibration_samples"]), int(params["seed"])
     )
     variants = list(params["variants"])
-    files = export.export_all(model, variants, calibration, paths.tflite)
+    files = export.export_all(model, variants, calibration, paths)
 
     keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)
     report = {

@@ -7,6 +7,7 @@ import pytest
 
 from imgclf import export
 from imgclf.models import build_model
+from imgclf.paths import Layout
 from imgclf.predict import collect, predict
 
 # Stated tolerances: max |p_tflite - p_keras| over all classes and images.
@@ -31,7 +32,7 @@ def exported(small_model, tmp_path_factory):
     # calibrate on the kinds of input the checks use: real digits and uniform noise (not the test's draws)
     noise = np.random.default_rng(7).integers(0, 256, (100, 28, 28, 1), dtype=np.uint8)
     calibration = np.concatenate([export.calibration_sample(x, 100, seed=1), noise])
-    return export.export_all(model, list(export.VARIANTS), calibration, out)
+    return export.export_all(model, list(export.VARIANTS), calibration, Layout(out))
 
 
 @pytest.mark.parametrize("variant", export.VARIANTS)
