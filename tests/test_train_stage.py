@@ -55,7 +55,9 @@ def test_training_killed_mid_way_resumes_from_its_last_epoch(prepared):
     client = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("imgclf").experiment_id])
     assert len(runs) == 1  # the resumed training logged into the run it started
-    assert int(runs[0].data.tags["resumed_from_epoch"]) >= 2
+    # CSVLogger writes an epoch's row just before BackupAndRestore saves that epoch, so a kill
+    # in between loses at most the last epoch seen in the log: resume is never further back.
+    assert int(runs[0].data.tags["resumed_from_epoch"]) >= epochs_done - 1
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
     assert sorted(set(steps)) == list(range(6))
 
