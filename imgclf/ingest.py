@@ -1,4 +1,9 @@
-"""ingest: read a source dataset into one packed array plus a manifest.
+"""ingest: read a source dataset into one packed file plus a manifest.
+
+Two packed formats, named in ``meta.json``: ``array`` (Fashion-MNIST, one uint8 array in
+``images.npy``) and ``bytes`` (folder datasets, the original files back to back in
+``images.bin``, decoded later by validate and preprocess; see :mod:`imgclf.folders`).
+:class:`IngestedImages` reads either, so later stages need not know which.
 
 Fashion-MNIST comes as four IDX files. We look for them, in order, in the folder
 set by ``ingest.fashion_mnist_dir``, in the Debian package's folder, in Keras'
@@ -13,13 +18,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from imgclf.io import PipelineError, write_csv, write_json, write_npy
+from imgclf import folders, images
+from imgclf.io import PipelineError, read_json, read_npy, write_csv, write_json, write_npy
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -47,6 +59,7 @@ FASHION_MNIST_COUNTS = {"train": 60000, "test": 10000}
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 KERAS_CACHE_DIR = Path.home() / ".keras" / "datasets" / "fashion-mnist"
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+MAP_CHUNK = 512
 MANIFEST_COLUMNS = ["id", "label", "split", "source", "sha256", "index"]
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -200,48 +213,146 @@ def load_fashion_mnist(folder: Path, limit: int | None = None) -> Dataset:
     )
 
 
-def load_source(params: dict) -> Dataset:
-    """The dataset named by ``ingest.source``."""
-    source = params.get("source", "fashion-mnist")
+def ingest(params: dict, layout: Layout) -> dict:
+    """Read the dataset named by ``ingest.source``, write ``data/ingested/``, return its meta."""
+    source = str(params.get("source") or "fashion-mnist")
     if source == "fashion-mnist":
         folder = find_fashion_mnist(params.get("fashion_mnist_dir"))
         log.info("reading Fashion-MNIST from %s", folder)
-        return load_fashion_mnist(folder, params.get("limit"))
-    raise PipelineError(
-        f"ingest.source={source!r} is not supported yet: use 'fashion-mnist' (folder datasets are planned)"
-    )
-
-
-def write_ingested(layout: Layout, dataset: Dataset) -> None:
-    counts = dataset.manifest.groupby(["split", "label"]).size()
-    meta = {
-        "format": "array",
-        "source": dataset.source,
-        "class_names": dataset.class_names,
-        "image_shape": list(dataset.images.shape[1:]),
-        "rows": len(dataset.manifest),
+        dataset = load_fashion_mnist(folder, params.get("limit"))
+        write_npy(layout.ingested_images, dataset.images)
+        manifest = dataset.manifest[MANIFEST_COLUMNS]
+        meta = {"format": "array", "hash": "pixels", "image_shape": list(dataset.images.shape[1:])}
+        class_names = dataset.class_names
+    else:
+        listing = folders.list_folder(source, params)
+        log.info("%s layout: %d rows listed in %s", listing.layout, len(listing.rows), source)
+        manifest = folders.pack(listing, layout.ingested_blob, params.get("max_pack_mb", 64), params.get("workers"))
+        meta = {"format": "bytes", "hash": "file bytes", "layout": listing.layout, "skipped": listing.skipped}
+        class_names = listing.class_names
+    counts = manifest.groupby(["split", "label"]).size()
+    meta |= {
+        "source": source,
+        "class_names": class_names,
+        "rows": len(manifest),
         "counts": {split: {label: int(n) for label, n in counts[split].items()} for split in counts.index.levels[0]},
     }
-    write_npy(layout.ingested_images, dataset.images)
-    write_csv(layout.ingested_manifest, dataset.manifest[MANIFEST_COLUMNS])
+    write_csv(layout.ingested_manifest, manifest)
     write_json(layout.ingested_meta, meta)
+    return meta
+
+
+TEXT_COLUMNS = (
+    "id",
+    "name",
+    "label",
+    "split",
+    "source",
+    "sha256",
+    "problem_rule",
+    "problem",
+    "format",
+    "mode",
+    "phash",
+)
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    return pd.read_csv(
-        path,
-        dtype={"id": str, "label": str, "split": str, "source": str, "sha256": str},
-        keep_default_na=False,
-    )
+    return pd.read_csv(path, dtype={column: str for column in TEXT_COLUMNS}, keep_default_na=False)
 
 
-def read_ingested(layout: Layout) -> tuple[np.ndarray, pd.DataFrame, dict]:
-    from imgclf.io import read_json, read_npy
+class Ref(NamedTuple):
+    """Where a manifest row's image lives in the packed file (picklable, for worker processes)."""
 
+    index: int
+    offset: int = 0
+    nbytes: int = 0
+    skip: bool = False  # ingest could not pack it (its problem column says why)
+
+
+_JOB: tuple = ()  # (function, reader, options) for worker processes, inherited through fork
+
+
+def _run_chunk(refs: list[Ref]) -> list:
+    function, reader, options = _JOB
+    return [function(reader, ref, **options) for ref in refs]
+
+
+class IngestedImages:
+    """The packed images of ``data/ingested/``, either format, addressed by :class:`Ref`.
+
+    A memory map: worker processes forked by :meth:`map` share it without copying.
+    """
+
+    def __init__(self, layout: Layout | None, meta: dict, array: np.ndarray | None = None):
+        self.format = meta["format"]
+        if array is not None:
+            self._array = array
+        elif self.format == "array":
+            self._array = read_npy(layout.ingested_images)
+        elif self.format == "bytes":
+            empty = layout.ingested_blob.stat().st_size == 0
+            self._blob = np.zeros(0, np.uint8) if empty else np.memmap(layout.ingested_blob, np.uint8, mode="r")
+        else:
+            raise PipelineError(f"{layout.ingested_meta}: unknown format {self.format!r}; rerun ingest")
+
+    @classmethod
+    def from_array(cls, images: np.ndarray) -> IngestedImages:
+        """Images already in memory (tests, notebooks)."""
+        return cls(None, {"format": "array"}, array=images)
+
+    def refs(self, manifest: pd.DataFrame) -> list[Ref]:
+        if self.format == "array":
+            return [Ref(int(i)) for i in manifest["index"]]
+        skip = manifest["problem_rule"] != ""
+        return [
+            Ref(int(i), int(o), int(n), bool(s))
+            for i, o, n, s in zip(manifest["index"], manifest["offset"], manifest["nbytes"], skip, strict=True)
+        ]
+
+    def map(self, function: Callable, refs: list[Ref], workers: int | None, desc: str, **options) -> list:
+        """``[function(self, ref, **options) for ref in refs]`` over worker processes, in order."""
+        return [result for chunk in self.imap(function, refs, workers, desc, **options) for result in chunk]
+
+    def imap(self, function: Callable, refs: list[Ref], workers: int | None, desc: str, **options) -> Iterator[list]:
+        """Like :meth:`map`, yielding one list of results per chunk of refs, so callers can stream.
+
+        ``function`` must be a module-level function. Processes are forked (Linux), so they see
+        this reader's memory map without copying it.
+        """
+        global _JOB
+        workers = workers or os.cpu_count() or 1
+        chunks = [refs[start : start + MAP_CHUNK] for start in range(0, len(refs), MAP_CHUNK)]
+        _JOB = (function, self, options)
+        try:
+            with tqdm(total=len(refs), desc=desc, unit="img", disable=None) as bar:
+                if workers == 1 or len(chunks) <= 1:
+                    for chunk in chunks:
+                        yield _run_chunk(chunk)
+                        bar.update(len(chunk))
+                else:
+                    context = multiprocessing.get_context("fork")
+                    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                        for chunk, results in zip(chunks, pool.map(_run_chunk, chunks), strict=True):
+                            yield results
+                            bar.update(len(chunk))
+        finally:
+            _JOB = ()
+
+    def raw(self, row) -> np.ndarray:
+        """The stored array (array format) or the file's bytes (bytes format) of a manifest row."""
+        if self.format == "array":
+            return np.asarray(self._array[int(row.index)])
+        return self._blob[int(row.offset) : int(row.offset) + int(row.nbytes)]
+
+    def image(self, row, max_pixels: int | None = None) -> np.ndarray:
+        """The row's pixels: (H, W) grayscale arrays as stored, files decoded to (H, W, 3) RGB."""
+        raw = self.raw(row)
+        return raw if self.format == "array" else images.decode(raw.tobytes(), max_pixels)
+
+
+def read_ingested(layout: Layout) -> tuple[IngestedImages, pd.DataFrame, dict]:
     if not layout.ingested_manifest.exists():
         raise PipelineError(f"{layout.ingested_manifest} not found: run the ingest stage first")
-    return (
-        read_npy(layout.ingested_images),
-        read_manifest(layout.ingested_manifest),
-        read_json(layout.ingested_meta),
-    )
+    meta = read_json(layout.ingested_meta)
+    return IngestedImages(layout, meta), read_manifest(layout.ingested_manifest), meta

@@ -36,6 +36,11 @@ class Layout:
         return self.ingested / "images.npy"
 
     @property
+    def ingested_blob(self) -> Path:
+        """Folder datasets: every file's bytes, back to back (offsets in the manifest)."""
+        return self.ingested / "images.bin"
+
+    @property
     def ingested_meta(self) -> Path:
         return self.ingested / "meta.json"
 
@@ -55,6 +60,11 @@ class Layout:
     @property
     def validation_summary(self) -> Path:
         return self.root / "reports" / "validation.md"
+
+    @property
+    def validation_warnings(self) -> Path:
+        """Rows kept although a ``warn`` rule flagged them (near-duplicates, by default)."""
+        return self.root / "reports" / "validation_warnings.csv"
 
     @property
     def quarantine(self) -> Path:
@@ -159,6 +169,12 @@ class Layout:
     @property
     def export_report(self) -> Path:
         return self.root / "reports" / "export.json"
+
+    # predict
+    @property
+    def predict_output(self) -> Path:
+        """Predictions for the ``predict`` split (unlabelled images the source provides)."""
+        return self.root / "reports" / "predict" / "predictions.csv"
 
 
 def layout(root: str | Path | None = None) -> Layout:

@@ -2,7 +2,8 @@
 
 Inputs: a folder of images, a folder holding a CSV of image names (the seed layout's test
 folder, images beside the CSV or in an ``images/`` subfolder), a CSV file, or single files.
-Every input gets a row: its prediction, or an error saying why it could not be read.
+Every input gets a row: its prediction, or an error saying why it could not be read, worded as
+validate's quarantine entries are (``rule: reason``).
 Images go through the same resize and colour conversion as training, from the model card.
 """
 
@@ -12,16 +13,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
+from imgclf.folders import NAME_COLUMNS
+from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, resolve_inside
 from imgclf.io import PipelineError
-from imgclf.preprocess import resize, to_color_mode
+from imgclf.preprocess import prepare
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-NAME_COLUMNS = ("image", "filename", "file", "image_name", "name", "id", "path")
 
 
 @dataclass
@@ -32,16 +32,8 @@ class Item:
 
 
 def _inside(folder: Path, name: str) -> Item:
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        return Item(name, None, "path leaves the dataset folder")
-    for base in (folder, folder / "images"):
-        candidate = base / name
-        if candidate.exists():
-            resolved = candidate.resolve()
-            if not resolved.is_relative_to(folder.resolve()):
-                return Item(name, None, "path leaves the dataset folder (symlink)")
-            return Item(name, resolved)
-    return Item(name, None, "file not found")
+    path, rule, reason = resolve_inside(folder, name)
+    return Item(name, path, f"{rule}: {reason}" if rule else None)
 
 
 def _from_csv(csv_path: Path, column: str | None) -> list[Item]:
@@ -77,42 +69,50 @@ def collect(inputs: list[str | Path], csv_column: str | None = None) -> list[Ite
         elif path.is_file():
             items.append(Item(str(given), path))
         else:
-            items.append(Item(str(given), None, "file not found"))
+            items.append(Item(str(given), None, f"file_missing: {str(given)!r} not found"))
     return items
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode with OpenCV (content, not extension, decides; EXIF orientation applied) to uint8 RGB."""
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError("not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def prepare(path: Path, image_size: int, color_mode: str) -> np.ndarray:
-    return resize(to_color_mode(read_image(path), color_mode), image_size)
+    """Decode a file exactly as the pipeline does (:func:`imgclf.images.decode`) to uint8 RGB."""
+    try:
+        return decode(path.read_bytes(), max_pixels=MAX_PIXELS)
+    except OSError as error:
+        raise ImageError(f"cannot read file: {error.strerror or error}") from error
 
 
 def predict(
     classifier, items: list[Item], labels: list[str], image_size: int, color_mode: str, top_k: int = 3
 ) -> pd.DataFrame:
     """One row per item: the top-k labels and probabilities, or an error."""
-    top_k = min(top_k, len(labels))
-    rows, images, positions = [], [], []
+    images, errors = [], []
     for item in items:
-        row = {"image": item.name, "predicted_label": "", "probability": np.nan, "error": item.error or ""}
-        if item.path is not None and not item.error:
+        image, error = None, item.error or ""
+        if item.path is not None and not error:
             try:
-                images.append(prepare(item.path, image_size, color_mode))
-                positions.append(len(rows))
-            except (ValueError, cv2.error) as error:
-                row["error"] = f"cannot read image: {error}"
-        rows.append(row)
-    if images:
-        proba = classifier.predict(np.stack(images))
+                image = prepare(read_image(item.path), image_size, color_mode)
+            except ImageError as problem:
+                error = f"readable: {problem}"
+        images.append(image)
+        errors.append(error)
+    return prediction_table(classifier, [item.name for item in items], images, errors, labels, top_k)
+
+
+def prediction_table(
+    classifier, names: list[str], images: list[np.ndarray | None], errors: list[str], labels: list[str], top_k: int = 3
+) -> pd.DataFrame:
+    """Rows ``image, predicted_label, probability, top<k>_label, top<k>_probability..., error``.
+
+    ``images[i]`` is the model input for ``names[i]``, or None with the reason in ``errors[i]``.
+    """
+    top_k = min(top_k, len(labels))
+    rows = [
+        {"image": name, "predicted_label": "", "probability": np.nan, "error": error}
+        for name, error in zip(names, errors, strict=True)
+    ]
+    positions = [i for i, image in enumerate(images) if image is not None]
+    if positions:
+        proba = classifier.predict(np.stack([images[i] for i in positions]))
         for position, p in zip(positions, proba, strict=True):
             best = np.argsort(-p, kind="stable")[:top_k]
             rows[position]["predicted_label"] = labels[best[0]]

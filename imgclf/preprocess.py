@@ -6,12 +6,16 @@ consumer (Keras, TFLite, predict) sees the same input contract.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from imgclf.io import PipelineError
+from imgclf.images import ImageError
+from imgclf.ingest import IngestedImages, Ref
+from imgclf.io import PipelineError, atomic_path
 
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
 
@@ -43,13 +47,46 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return resized[:, :, None] if resized.ndim == 2 else resized
 
 
-def prepare_images(images: np.ndarray, indices: np.ndarray, size: int, color_mode: str) -> np.ndarray:
+def prepare(image: np.ndarray, size: int, color_mode: str) -> np.ndarray:
+    """The model's input for one decoded image: colour mode, then a square resize."""
+    return resize(to_color_mode(image, color_mode), size)
+
+
+def _prepare_ref(reader: IngestedImages, ref: Ref, size: int, color_mode: str) -> np.ndarray:
+    try:
+        return prepare(reader.image(ref), size, color_mode)
+    except ImageError as error:  # validate decoded it; reaching this means the packed data changed
+        raise PipelineError(f"image #{ref.index} no longer decodes ({error}): rerun ingest and validate") from error
+
+
+def write_split(
+    reader: IngestedImages, refs: list[Ref], path: Path, size: int, color_mode: str, workers: int | None = None
+) -> None:
+    """Decode, convert and resize ``refs`` in parallel, streaming into ``path`` (.npy) atomically.
+
+    The output is filled in place through a memory map, so memory holds one chunk, not the split.
+    """
     channels = COLOR_MODES.get(color_mode)
     if channels is None:
         raise PipelineError(f"preprocess.color_mode must be one of {list(COLOR_MODES)}, got {color_mode!r}")
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(refs), size, size, channels))
+        row = 0
+        for chunk in reader.imap(_prepare_ref, refs, workers, path.stem, size=size, color_mode=color_mode):
+            out[row : row + len(chunk)] = chunk
+            row += len(chunk)
+        out.flush()
+        del out
+
+
+def prepare_images(images: np.ndarray, indices: np.ndarray, size: int, color_mode: str) -> np.ndarray:
+    """In-memory version of :func:`write_split`, for arrays (tests, notebooks)."""
+    if color_mode not in COLOR_MODES:
+        raise PipelineError(f"preprocess.color_mode must be one of {list(COLOR_MODES)}, got {color_mode!r}")
+    channels = COLOR_MODES[color_mode]
     out = np.empty((len(indices), size, size, channels), dtype=np.uint8)
     for row, index in enumerate(indices):
-        out[row] = resize(to_color_mode(np.asarray(images[index]), color_mode), size)
+        out[row] = prepare(np.asarray(images[index]), size, color_mode)
     return out
 
 
@@ -62,7 +99,7 @@ def assign_splits(manifest: pd.DataFrame, val_fraction: float, test_fraction: fl
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
             raise PipelineError(f"preprocess.{name} must be in [0, 1), got {value}")
-    splits = manifest["split"].copy()
+    splits = manifest["split"].copy()  # "predict" rows (unlabelled) stay as they are
     has_test = (splits == "test").any()
     pool = manifest.index[splits == "train"]
     total = len(manifest) if has_test else len(pool)

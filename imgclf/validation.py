@@ -1,114 +1,234 @@
-"""validate: a small rule engine over the ingested manifest.
+"""validate: look at every image once, then run a small rule engine over the manifest.
 
-Row rules look at each image and flag the rows that break them; a rule's
-severity in ``validate.rules`` decides what happens to a flagged row:
+Inspection decodes each image (in parallel, see :meth:`IngestedImages.map`) and records its
+format, size, mode, whether it decodes, and a perceptual hash. Row rules then run **in order**,
+each seeing only the rows that earlier ``error`` rules kept, so a row is quarantined for the
+first thing wrong with it, and a duplicate's surviving copy is always a good one.
 
-- ``error``: the row is quarantined (``on_error: quarantine``) or the stage fails
-  (``on_error: fail``);
-- ``warn``: the row is kept and counted in the report;
-- ``off``: the rule is not run.
+A rule's severity in ``validate.rules`` decides what happens to the rows it flags:
 
-Dataset rules (class counts, balance) look at what is kept; at ``error`` they
-fail the stage, at ``warn`` they are reported. Every input row ends up either
-kept or in the quarantine table with its rule and a reason, so
-``rows_in == rows_kept + rows_quarantined`` always holds.
+- ``error``: quarantined (``on_error: quarantine``) or the stage fails (``on_error: fail``);
+- ``warn``: kept, counted in the report and listed in ``reports/validation_warnings.csv``;
+- ``off``: not run.
+
+Dataset rules (class counts, balance) look at what is kept; at ``error`` they fail the stage.
+Every input row ends up either kept or in the quarantine table with its rule and a reason:
+``rows_in == rows_kept + rows_quarantined`` always.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from imgclf import images as image_files
+from imgclf.ingest import IngestedImages, Ref
 from imgclf.io import PipelineError
 
 log = logging.getLogger(__name__)
 
 SEVERITIES = ("error", "warn", "off")
 QUARANTINE_COLUMNS = ["id", "split", "label", "source", "rule", "reason"]
-
-
-@dataclass
-class Finding:
-    """Rows a rule flagged, each with a human-readable reason."""
-
-    rule: str
-    reasons: dict[int, str] = field(default_factory=dict)  # manifest row position -> reason
+INFO_COLUMNS = ["format", "width", "height", "mode", "decode_error", "phash"]
+LABELLED = ("train", "val")  # splits a model learns from
+DEFAULTS = {
+    "on_error": "quarantine",
+    "max_bad_fraction": 0.05,
+    "min_edge": 0,
+    "max_file_mb": 6,
+    "max_pixels": image_files.MAX_PIXELS,
+    "formats": list(image_files.FORMATS),
+    "near_duplicate_distance": 4,
+    "min_per_class": 1,
+    "max_imbalance_ratio": 10,
+}
 
 
 @dataclass
 class ValidationResult:
     kept: pd.DataFrame
     quarantine: pd.DataFrame
+    warnings: pd.DataFrame  # rows kept although a ``warn`` rule flagged them
     report: dict
     failures: list[str]
 
 
-def rule_unknown_label(manifest: pd.DataFrame, images: np.ndarray, class_names: list[str], params: dict) -> Finding:
-    finding = Finding("unknown_label")
-    known = set(class_names)
-    for pos, label in enumerate(manifest["label"]):
+# --- inspection ----------------------------------------------------------------------------------
+
+
+def _inspect(reader: IngestedImages, ref: Ref, max_pixels: int, phash: bool) -> dict:
+    info = {"format": "", "width": 0, "height": 0, "mode": "", "decode_error": "", "phash": ""}
+    if reader.format == "array":
+        image = reader.raw(ref)
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        info.update(format="array", height=image.shape[0], width=image.shape[1], mode="L" if channels == 1 else "RGB")
+    else:
+        if ref.nbytes == 0 and ref.skip:
+            return info  # ingest already said why (missing, outside the folder, too big)
+        data = reader.raw(ref).tobytes()
+        try:
+            header = image_files.read_header(data)
+            info.update(format=header.format, width=header.width, height=header.height, mode=header.mode)
+            if header.pixels > max_pixels:
+                return info  # the max_pixels rule quarantines it; never decode a bomb
+            image = image_files.decode(data, header=header)
+        except image_files.ImageError as error:
+            info["decode_error"] = str(error)
+            return info
+        info.update(height=image.shape[0], width=image.shape[1])  # upright, after EXIF orientation
+    if phash:
+        info["phash"] = f"{image_files.perceptual_hash(image):016x}"
+    return info
+
+
+def inspect(reader: IngestedImages, manifest: pd.DataFrame, params: dict, workers: int | None = None) -> pd.DataFrame:
+    """One row of image facts (``INFO_COLUMNS``) per manifest row, in manifest order."""
+    refs = reader.refs(manifest)
+    phash = _severities(params)["near_duplicate_across_splits"] != "off"
+    max_pixels = int(params.get("max_pixels", DEFAULTS["max_pixels"]))
+    infos = reader.map(_inspect, refs, workers, "inspect", max_pixels=max_pixels, phash=phash)
+    return pd.DataFrame(infos, columns=INFO_COLUMNS, index=manifest.index)
+
+
+# --- row rules: (rows still kept, class names, params) -> {row label: reason} ---------------------
+
+
+def _from_ingest(rule: str) -> Callable[..., dict]:
+    def check(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+        flagged = rows[rows["problem_rule"] == rule]
+        return dict(zip(flagged.index, flagged["problem"], strict=True))
+
+    check.__doc__ = f"Rows ingest marked {rule!r} (it never reads outside the dataset folder)."
+    return check
+
+
+def rule_file_size(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    limit_mb = float(params.get("max_file_mb", DEFAULTS["max_file_mb"]))
+    not_packed = rows[rows["problem_rule"] == "file_size"]
+    reasons = dict(zip(not_packed.index, not_packed["problem"], strict=True))
+    big = rows[rows["file_bytes"] > limit_mb * 2**20]
+    reasons |= {i: f"{n / 2**20:.1f} MB > validate.max_file_mb {limit_mb:g}" for i, n in big["file_bytes"].items()}
+    return reasons
+
+
+def rule_readable(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    flagged = rows[(rows["problem_rule"] == "readable") | (rows["decode_error"] != "")]
+    return {
+        i: problem or error
+        for i, problem, error in zip(flagged.index, flagged["problem"], flagged["decode_error"], strict=True)
+    }
+
+
+def rule_format(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    allowed = set(params.get("formats") or DEFAULTS["formats"]) | {"array"}
+    flagged = rows[~rows["format"].isin(allowed)]
+    return {
+        i: f"format {fmt} is not one of validate.formats ({', '.join(sorted(allowed - {'array'}))})"
+        for i, fmt in flagged["format"].items()
+    }
+
+
+def rule_max_pixels(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    limit = int(params.get("max_pixels", DEFAULTS["max_pixels"]))
+    pixels = rows["width"].astype(np.int64) * rows["height"].astype(np.int64)
+    flagged = rows[pixels > limit]
+    return {
+        i: f"declares {w}x{h} = {w * h:,} pixels > validate.max_pixels {limit:,} (decompression bomb?)"
+        for i, w, h in zip(flagged.index, flagged["width"], flagged["height"], strict=True)
+    }
+
+
+def rule_min_edge(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    min_edge = int(params.get("min_edge", DEFAULTS["min_edge"]))
+    edges = np.minimum(rows["width"], rows["height"])
+    return {i: f"shortest edge {e} px < validate.min_edge {min_edge}" for i, e in edges[edges < min_edge].items()}
+
+
+def rule_unknown_label(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    known, reasons = set(class_names), {}
+    for i, label, split in zip(rows.index, rows["label"], rows["split"], strict=True):
+        if split == "predict":
+            continue  # unlabelled on purpose
         if label == "":
-            finding.reasons[pos] = "label is empty"
+            reasons[i] = "label is empty"
         elif label not in known:
-            finding.reasons[pos] = f"label {label!r} is not one of the {len(class_names)} classes"
-    return finding
+            reasons[i] = f"label {label!r} is not one of the {len(class_names)} classes"
+    return reasons
 
 
-def rule_min_edge(manifest: pd.DataFrame, images: np.ndarray, class_names: list[str], params: dict) -> Finding:
-    finding = Finding("min_edge")
-    min_edge = int(params.get("min_edge", 0))
-    for pos, index in enumerate(manifest["index"]):
-        height, width = images[index].shape[:2]
-        if min(height, width) < min_edge:
-            finding.reasons[pos] = f"shortest edge {min(height, width)} px < validate.min_edge {min_edge}"
-    return finding
+def rule_duplicate_name(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    """The same file listed twice in one split (a repeated CSV row): keep the first listing."""
+    repeated = rows[rows.duplicated(["split", "source"], keep="first")]
+    first = rows.drop_duplicates(["split", "source"]).set_index(["split", "source"])["id"]
+    return {
+        i: f"listed again (first as {first[(s, src)]})"
+        for i, s, src in zip(repeated.index, repeated["split"], repeated["source"], strict=True)
+    }
 
 
-def rule_duplicate_in_split(
-    manifest: pd.DataFrame, images: np.ndarray, class_names: list[str], params: dict
-) -> Finding:
-    """Identical pixels twice in one split: keep the first copy; if the copies disagree on the label, drop all."""
-    finding = Finding("duplicate_in_split")
-    for (_split, _sha), group in manifest.groupby(["split", "sha256"], sort=False):
+def rule_duplicate_in_split(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    """Identical content twice in one split: keep the first copy; if the copies disagree on the label, drop all."""
+    reasons = {}
+    for (_split, _sha), group in rows[rows["sha256"] != ""].groupby(["split", "sha256"], sort=False):
         if len(group) < 2:
             continue
-        positions = [manifest.index.get_loc(i) for i in group.index]
-        first_id = group["id"].iloc[0]
         if group["label"].nunique() > 1:
             labels = ", ".join(sorted(group["label"].unique()))
-            for pos in positions:
-                finding.reasons[pos] = (
-                    f"same pixels as {len(group) - 1} other row(s) with conflicting labels ({labels})"
-                )
+            reasons |= {
+                i: f"same content as {len(group) - 1} other row(s) with conflicting labels ({labels})"
+                for i in group.index
+            }
         else:
-            for pos in positions[1:]:
-                finding.reasons[pos] = f"same pixels as {first_id}"
-    return finding
+            reasons |= {i: f"same content as {group['id'].iloc[0]}" for i in group.index[1:]}
+    return reasons
 
 
-def rule_duplicate_across_splits(
-    manifest: pd.DataFrame, images: np.ndarray, class_names: list[str], params: dict
-) -> Finding:
+def rule_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
     """A training or validation image identical to a test image leaks the test set: drop the training copy."""
-    finding = Finding("duplicate_across_splits")
-    test_ids = manifest.loc[manifest["split"] == "test"].drop_duplicates("sha256").set_index("sha256")["id"]
-    for pos, (split, sha) in enumerate(zip(manifest["split"], manifest["sha256"], strict=True)):
-        if split in ("train", "val") and sha in test_ids.index:
-            finding.reasons[pos] = f"same pixels as test image {test_ids[sha]} (train/test leakage)"
-    return finding
+    test = rows[(rows["split"] == "test") & (rows["sha256"] != "")].drop_duplicates("sha256").set_index("sha256")["id"]
+    learn = rows[rows["split"].isin(LABELLED) & rows["sha256"].isin(test.index)]
+    return {i: f"same content as test image {test[sha]} (train/test leakage)" for i, sha in learn["sha256"].items()}
 
 
-ROW_RULES: dict[str, Callable[..., Finding]] = {
-    "unknown_label": rule_unknown_label,
+def rule_near_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
+    """A training image whose perceptual hash is within a few bits of a test image's: likely the same photo."""
+    max_distance = int(params.get("near_duplicate_distance", DEFAULTS["near_duplicate_distance"]))
+    hashed = rows[rows["phash"] != ""]
+    learn, test = hashed[hashed["split"].isin(LABELLED)], hashed[hashed["split"] == "test"]
+    if learn.empty or test.empty:
+        return {}
+    learn_hashes = np.array([int(h, 16) for h in learn["phash"]], dtype=np.uint64)
+    test_hashes = np.array([int(h, 16) for h in test["phash"]], dtype=np.uint64)
+    reasons = {}
+    for t, p, distance in image_files.hamming_within(test_hashes, learn_hashes, max_distance):
+        i = learn.index[p]
+        if i not in reasons and learn.at[i, "sha256"] != test["sha256"].iloc[t]:
+            reasons[i] = f"looks like test image {test['id'].iloc[t]} (pHash distance {distance} <= {max_distance})"
+    return reasons
+
+
+ROW_RULES: dict[str, Callable[..., dict]] = {
+    "path_outside": _from_ingest("path_outside"),
+    "file_missing": _from_ingest("file_missing"),
+    "file_size": rule_file_size,
+    "readable": rule_readable,
+    "format": rule_format,
+    "max_pixels": rule_max_pixels,
     "min_edge": rule_min_edge,
+    "unknown_label": rule_unknown_label,
+    "duplicate_name": rule_duplicate_name,
     "duplicate_in_split": rule_duplicate_in_split,
     "duplicate_across_splits": rule_duplicate_across_splits,
+    "near_duplicate_across_splits": rule_near_duplicate_across_splits,
 }
 DATASET_RULES = ("min_per_class", "class_imbalance")
+DEFAULT_SEVERITY = {"near_duplicate_across_splits": "warn", "class_imbalance": "warn"}
+# Bad files cannot be trained on, whatever the params say: these never go below error.
+ALWAYS_ERROR = ("path_outside", "file_missing", "readable", "max_pixels")
 
 
 def _severities(params: dict) -> dict[str, str]:
@@ -118,55 +238,81 @@ def _severities(params: dict) -> dict[str, str]:
         raise PipelineError(f"validate.rules has unknown rule(s): {', '.join(sorted(unknown))}")
     severities = {}
     for rule in (*ROW_RULES, *DATASET_RULES):
-        severity = configured.get(rule, "error")
+        severity = configured.get(rule, DEFAULT_SEVERITY.get(rule, "error"))
         if severity not in SEVERITIES:
             raise PipelineError(f"validate.rules.{rule} must be one of {SEVERITIES}, got {severity!r}")
+        if rule in ALWAYS_ERROR and severity != "error":
+            raise PipelineError(f"validate.rules.{rule} must stay 'error': such a row cannot be used at all")
         severities[rule] = severity
     return severities
 
 
-def validate(manifest: pd.DataFrame, images: np.ndarray, class_names: list[str], params: dict) -> ValidationResult:
-    """Apply all rules; return kept rows, the quarantine table, the report and failure messages."""
-    on_error = params.get("on_error", "quarantine")
+def _with_defaults(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Array-format manifests (Fashion-MNIST) lack the folder columns; give them neutral values."""
+    return manifest.assign(
+        **{
+            column: manifest[column] if column in manifest else default
+            for column, default in (("problem_rule", ""), ("problem", ""), ("file_bytes", 0))
+        }
+    )
+
+
+def validate(
+    manifest: pd.DataFrame,
+    images: IngestedImages | np.ndarray,
+    class_names: list[str],
+    params: dict,
+    workers: int | None = None,
+) -> ValidationResult:
+    """Inspect every image, apply all rules; return kept rows, quarantine, warnings, report, failures."""
+    on_error = params.get("on_error", DEFAULTS["on_error"])
     if on_error not in ("quarantine", "fail"):
         raise PipelineError(f"validate.on_error must be 'quarantine' or 'fail', got {on_error!r}")
     severities = _severities(params)
-    manifest = manifest.reset_index(drop=True)
-    rule_report: dict[str, dict] = {}
-    dropped: dict[int, tuple[str, str]] = {}  # first error rule wins
-    failures: list[str] = []
+    reader = images if isinstance(images, IngestedImages) else IngestedImages.from_array(images)
+    manifest = _with_defaults(manifest.reset_index(drop=True))
+    rows = manifest.join(inspect(reader, manifest, params, workers))
 
+    rule_report: dict[str, dict] = {}
+    dropped: dict[int, tuple[str, str]] = {}
+    warned: list[tuple[int, str, str]] = []
     for name, rule in ROW_RULES.items():
-        severity = severities[name]
-        if severity == "off":
+        if severities[name] == "off":
             rule_report[name] = {"severity": "off", "hits": 0}
             continue
-        finding = rule(manifest, images, class_names, params)
-        rule_report[name] = {"severity": severity, "hits": len(finding.reasons)}
-        if finding.reasons:
+        alive = rows.drop(index=list(dropped))
+        reasons = rule(alive, class_names, params)
+        rule_report[name] = {"severity": severities[name], "hits": len(reasons)}
+        if reasons:
             log.log(
-                logging.WARNING if severity == "warn" else logging.INFO,
-                "%s: %d row(s)",
-                name,
-                len(finding.reasons),
+                logging.WARNING if severities[name] == "warn" else logging.INFO, "%s: %d row(s)", name, len(reasons)
             )
-        if severity == "error":
-            for pos, reason in finding.reasons.items():
-                dropped.setdefault(pos, (name, reason))
+        if severities[name] == "error":
+            dropped |= {i: (name, reason) for i, reason in reasons.items()}
+        else:
+            warned += [(i, name, reason) for i, reason in reasons.items()]
 
+    failures: list[str] = []
     if dropped and on_error == "fail":
-        pos, (rule, reason) = next(iter(sorted(dropped.items())))
-        failures.append(f"{len(dropped)} row(s) break error rules, e.g. {manifest.at[pos, 'id']}: {rule}: {reason}")
+        i, (rule, reason) = min(dropped.items())
+        failures.append(f"{len(dropped)} row(s) break error rules, e.g. {rows.at[i, 'id']}: {rule}: {reason}")
 
-    drop_positions = sorted(dropped)
-    quarantine = manifest.loc[drop_positions].assign(
-        rule=[dropped[p][0] for p in drop_positions], reason=[dropped[p][1] for p in drop_positions]
+    positions = sorted(dropped)
+    quarantine = rows.loc[positions].assign(
+        rule=[dropped[i][0] for i in positions], reason=[dropped[i][1] for i in positions]
     )[QUARANTINE_COLUMNS]
-    kept = manifest.drop(index=drop_positions)
+    warnings = pd.DataFrame(
+        [
+            (rows.at[i, "id"], rows.at[i, "split"], rows.at[i, "label"], rows.at[i, "source"], r, why)
+            for i, r, why in warned
+        ],
+        columns=QUARANTINE_COLUMNS,
+    )
+    kept = rows.drop(index=positions)
 
     # dataset rules, on the labelled rows that remain
-    per_class = kept[kept["split"] != "test"].groupby("label").size().reindex(class_names, fill_value=0)
-    min_per_class = int(params.get("min_per_class", 1))
+    per_class = kept[kept["split"].isin(LABELLED)].groupby("label").size().reindex(class_names, fill_value=0)
+    min_per_class = int(params.get("min_per_class", DEFAULTS["min_per_class"]))
     small = per_class[per_class < min_per_class]
     rule_report["min_per_class"] = {"severity": severities["min_per_class"], "hits": len(small)}
     if len(small) and severities["min_per_class"] != "off":
@@ -177,7 +323,7 @@ def validate(manifest: pd.DataFrame, images: np.ndarray, class_names: list[str],
         log.warning(message)
     nonzero = per_class[per_class > 0]
     imbalance = float(nonzero.max() / nonzero.min()) if len(nonzero) else 0.0
-    max_ratio = float(params.get("max_imbalance_ratio", 10))
+    max_ratio = float(params.get("max_imbalance_ratio", DEFAULTS["max_imbalance_ratio"]))
     imbalanced = imbalance > max_ratio
     rule_report["class_imbalance"] = {"severity": severities["class_imbalance"], "hits": int(imbalanced)}
     if imbalanced and severities["class_imbalance"] != "off":
@@ -185,20 +331,20 @@ def validate(manifest: pd.DataFrame, images: np.ndarray, class_names: list[str],
         (failures if severities["class_imbalance"] == "error" else []).append(message)
         log.warning(message)
 
-    rows_in = len(manifest)
+    rows_in = len(rows)
     bad_fraction = len(quarantine) / rows_in if rows_in else 0.0
-    max_bad = float(params.get("max_bad_fraction", 0.05))
+    max_bad = float(params.get("max_bad_fraction", DEFAULTS["max_bad_fraction"]))
     if bad_fraction > max_bad:
         failures.append(
             f"{len(quarantine)} of {rows_in} rows quarantined ({bad_fraction:.1%}) > validate.max_bad_fraction {max_bad:.1%}; "
             "see reports/quarantine.csv"
         )
 
-    edges = np.array([min(images[i].shape[:2]) for i in kept["index"]]) if len(kept) else np.array([0])
     report = {
         "rows_in": rows_in,
         "rows_kept": len(kept),
         "rows_quarantined": len(quarantine),
+        "rows_warned": int(warnings["id"].nunique()),
         "bad_fraction": round(bad_fraction, 6),
         "passed": not failures,
         "errors": len(failures),
@@ -206,32 +352,59 @@ def validate(manifest: pd.DataFrame, images: np.ndarray, class_names: list[str],
         "rules": rule_report,
         "splits": {split: int(n) for split, n in kept.groupby("split").size().items()},
         "classes": {label: int(n) for label, n in per_class.items()},
+        "classes_test": {label: int(n) for label, n in kept[kept["split"] == "test"].groupby("label").size().items()},
         "quarantined_by_rule": {rule: int(n) for rule, n in quarantine.groupby("rule").size().items()},
         "imbalance_ratio": round(imbalance, 4),
-        "image_edges": {"min": int(edges.min()), "max": int(edges.max())},
+        "formats": {fmt: int(n) for fmt, n in kept.groupby("format").size().items()},
+        "modes": {mode: int(n) for mode, n in kept.groupby("mode").size().items()},
+        "image_edges": _stats(np.minimum(kept["width"], kept["height"])),
+        "image_widths": _stats(kept["width"]),
+        "image_heights": _stats(kept["height"]),
+        "file_mb": _stats(kept["file_bytes"] / 2**20, digits=3) if reader.format == "bytes" else None,
     }
     assert report["rows_in"] == report["rows_kept"] + report["rows_quarantined"]
-    return ValidationResult(kept, quarantine, report, failures)
+    return ValidationResult(kept.drop(columns=["decode_error"]), quarantine, warnings, report, failures)
 
 
-def summary_markdown(report: dict, failures: list[str]) -> str:
+def _stats(values: pd.Series, digits: int = 0) -> dict:
+    if len(values) == 0:
+        return {"min": 0, "median": 0, "max": 0}
+    numbers = [float(values.min()), float(values.median()), float(values.max())]
+    rounded = [round(n, digits) if digits else round(n) for n in numbers]
+    return dict(zip(("min", "median", "max"), rounded, strict=True))
+
+
+def summary_markdown(report: dict, failures: list[str], warnings: pd.DataFrame | None = None) -> str:
     """A short human-readable summary of ``reports/validation.json``."""
     lines = [
         "# Validation summary",
         "",
         f"**{'PASSED' if report['passed'] else 'FAILED'}**: {report['rows_in']} rows in, "
-        f"{report['rows_kept']} kept, {report['rows_quarantined']} quarantined ({report['bad_fraction']:.2%}).",
+        f"{report['rows_kept']} kept, {report['rows_quarantined']} quarantined ({report['bad_fraction']:.2%}), "
+        f"{report.get('rows_warned', 0)} kept with warnings.",
         "",
-        "| rule | severity | rows hit |",
+        "Quarantined rows, each with its rule and reason: `reports/quarantine.csv`. "
+        "Rows kept with a warning: `reports/validation_warnings.csv`.",
+        "",
+        "| rule (in order) | severity | rows hit |",
         "|---|---|---|",
         *[f"| {name} | {r['severity']} | {r['hits']} |" for name, r in report["rules"].items()],
         "",
-        "| class | training + validation images |",
-        "|---|---|",
-        *[f"| {label} | {n} |" for label, n in report["classes"].items()],
+        "| class | training + validation images | test images |",
+        "|---|---|---|",
+        *[
+            f"| {label} | {n} | {report.get('classes_test', {}).get(label, 0)} |"
+            for label, n in report["classes"].items()
+        ],
         "",
-        f"Class imbalance ratio (largest / smallest class): {report['imbalance_ratio']:.2f}.",
+        f"Class imbalance ratio (largest / smallest class): {report['imbalance_ratio']:.2f}. "
+        f"Splits kept: {', '.join(f'{s} {n}' for s, n in report['splits'].items())}.",
+        f"Shortest edge (px): min {report['image_edges']['min']}, median {report['image_edges']['median']}, "
+        f"max {report['image_edges']['max']}. Formats: {', '.join(f'{f} {n}' for f, n in report['formats'].items())}.",
     ]
     if failures:
         lines += ["", "## Failures", "", *[f"- {f}" for f in failures]]
+    if warnings is not None and len(warnings):
+        lines += ["", "## Warnings (first 20)", "", "| id | rule | reason |", "|---|---|---|"]
+        lines += [f"| {r.id} | {r.rule} | {r.reason} |" for r in warnings.head(20).itertuples()]
     return "\n".join(lines) + "\n"

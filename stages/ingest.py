@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from imgclf.ingest import load_source, write_ingested
+from imgclf.ingest import ingest
 from imgclf.io import describe, load_params, run_stage
 from imgclf.paths import layout
 
@@ -13,16 +13,11 @@ log = logging.getLogger("imgclf.ingest")
 def main() -> None:
     params = load_params("ingest")
     paths = layout()
-    dataset = load_source(params)
-    log.info(
-        "read %d images of shape %s, %d classes",
-        len(dataset.images),
-        dataset.images.shape[1:],
-        len(dataset.class_names),
-    )
-    write_ingested(paths, dataset)
-    for path in (paths.ingested_images, paths.ingested_manifest, paths.ingested_meta):
-        log.info("wrote %s", describe(path))
+    meta = ingest(params, paths)
+    log.info("%d rows, %d classes, format %s", meta["rows"], len(meta["class_names"]), meta["format"])
+    for path in (paths.ingested_images, paths.ingested_blob, paths.ingested_manifest, paths.ingested_meta):
+        if path.exists():
+            log.info("wrote %s", describe(path))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 from imgclf.ingest import read_ingested, read_manifest
 from imgclf.io import PipelineError, describe, load_params, run_stage, write_csv, write_json, write_npy
 from imgclf.paths import SPLITS, layout
-from imgclf.preprocess import COLOR_MODES, assign_splits, prepare_images
+from imgclf.preprocess import COLOR_MODES, assign_splits, write_split
 
 log = logging.getLogger("imgclf.preprocess")
 
@@ -26,21 +26,24 @@ def main() -> None:
         manifest, float(params["val_fraction"]), float(params["test_fraction"]), int(params["seed"])
     )
     manifest["label_index"] = manifest["label"].map({name: i for i, name in enumerate(class_names)})
-    unknown = manifest[manifest["label_index"].isna()]
+    labelled = manifest[manifest["split"] != "predict"]
+    unknown = labelled[labelled["label_index"].isna()]
     if len(unknown):
         raise PipelineError(
             f"{len(unknown)} validated row(s) have labels outside the class list (e.g. {unknown['label'].iloc[0]!r}); "
             "set validate.rules.unknown_label to error so validate quarantines them"
         )
+    manifest["label_index"] = manifest["label_index"].fillna(-1).astype(np.int64)  # -1: unlabelled (predict)
     counts = {}
-    for split in SPLITS:
+    for split in (*SPLITS, "predict"):
         rows = manifest[manifest["split"] == split]
-        x = prepare_images(images, rows["index"].to_numpy(), size, color_mode)
-        write_npy(paths.preprocessed_x(split), x)
+        write_split(images, images.refs(rows), paths.preprocessed_x(split), size, color_mode, params.get("workers"))
         write_npy(paths.preprocessed_y(split), rows["label_index"].to_numpy(dtype=np.int64))
         counts[split] = len(rows)
         log.info("%s: %d images -> %s", split, len(rows), describe(paths.preprocessed_x(split)))
-    write_csv(paths.preprocessed_index, manifest[["id", "split", "label", "label_index", "sha256"]])
+    if "name" not in manifest:  # array sources: the id is the name
+        manifest["name"] = manifest["id"]
+    write_csv(paths.preprocessed_index, manifest[["id", "name", "split", "label", "label_index", "source", "sha256"]])
     write_json(
         paths.preprocessed_meta,
         {

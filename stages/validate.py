@@ -1,4 +1,4 @@
-"""Stage validate: data/ingested/ -> data/validated/ (kept rows) + quarantine and reports."""
+"""Stage validate: data/ingested/ -> data/validated/ (kept rows) + quarantine, warnings and reports."""
 
 import logging
 import sys
@@ -16,22 +16,24 @@ def main() -> None:
     paths = layout()
     images, manifest, meta = read_ingested(paths)
     log.info("read %d rows from %s", len(manifest), paths.ingested_manifest)
-    result = validate(manifest, images, meta["class_names"], params)
+    result = validate(manifest, images, meta["class_names"], params, params.get("workers"))
     # Reports are written even when the stage fails, so the user can read why.
     write_csv(paths.quarantine, result.quarantine)
+    write_csv(paths.validation_warnings, result.warnings)
     write_json(paths.validation_report, result.report)
-    write_text(paths.validation_summary, summary_markdown(result.report, result.failures))
+    write_text(paths.validation_summary, summary_markdown(result.report, result.failures, result.warnings))
     report = result.report
     log.info(
-        "%d rows in, %d kept, %d quarantined",
+        "%d rows in, %d kept, %d quarantined, %d kept with warnings",
         report["rows_in"],
         report["rows_kept"],
         report["rows_quarantined"],
+        report["rows_warned"],
     )
     if result.failures:
         raise PipelineError(f"validation failed: {result.failures[0]} (see {paths.validation_summary})")
     write_csv(paths.validated_manifest, result.kept)
-    for path in (paths.validated_manifest, paths.quarantine, paths.validation_report):
+    for path in (paths.validated_manifest, paths.quarantine, paths.validation_warnings, paths.validation_report):
         log.info("wrote %s", describe(path))
 
 

@@ -35,13 +35,21 @@ def test_outputs_match_the_layout():
         for name, stage in DVC.items()
     }
     assert declared["ingest"] == {_rel(paths.ingested)}
-    assert {_rel(paths.validated), _rel(paths.validation_report), _rel(paths.quarantine)} <= declared["validate"]
+    assert declared["validate"] == {
+        _rel(paths.validated),
+        _rel(paths.validation_report),
+        _rel(paths.validation_summary),
+        _rel(paths.validation_warnings),
+        _rel(paths.quarantine),
+    }
     assert declared["preprocess"] == {_rel(paths.preprocessed)}
     assert declared["augment"] == {
         _rel(paths.augmented),
         _rel(paths.augment_policy),
         _rel(paths.augment_preview),
     }
+    assert declared["predict"] == {_rel(paths.predict_output)}
+    assert {_rel(paths.quarantine), _rel(paths.tflite), _rel(paths.ingested_manifest)} <= set(DVC["predict"]["deps"])
 
 
 def test_no_two_stages_own_overlapping_paths():

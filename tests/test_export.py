@@ -85,9 +85,9 @@ def test_predict_on_a_folder_with_a_csv_and_a_corrupt_image(tmp_path, small_mode
         "missing.png",
     ]
     errors = dict(zip(table["image"], table["error"].fillna(""), strict=True))
-    assert errors["broken.jpg"].startswith("cannot read image")
-    assert errors["../outside.png"] == "path leaves the dataset folder"
-    assert errors["missing.png"] == "file not found"
+    assert errors["broken.jpg"].startswith("readable: ")
+    assert errors["../outside.png"] == "path_outside: '../outside.png' leaves the dataset folder"
+    assert errors["missing.png"].startswith("file_missing: 'missing.png' not found")
     ok = table[table["error"].fillna("") == ""]
     assert len(ok) == 3 and ok["predicted_label"].isin([str(d) for d in range(10)]).all()
     assert (ok["probability"] >= ok["top2_probability"]).all() and (ok["top1_label"] == ok["predicted_label"]).all()

@@ -138,7 +138,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     (folder / "test.csv").write_text("image_name\nphoto 0.jpg\ncorrupt.png\nphoto 1.jpg\nphoto 2.jpg\nphoto 3.jpg\n")
     run([sys.executable, "stages/predict.py", "unlabeled", "--output", "out/predictions.csv"], prepared)
     table = pd.read_csv(prepared / "out" / "predictions.csv", keep_default_na=False)
-    assert len(table) == 5 and table.loc[1, "error"].startswith("cannot read image")
+    assert len(table) == 5 and table.loc[1, "error"].startswith("readable: ")
     assert set(table.loc[table["error"] == "", "predicted_label"]) <= set(paths.labels.read_text().splitlines())
 
 

@@ -42,7 +42,7 @@ def test_rows_in_equals_kept_plus_quarantined_with_reasons(digits_data):
     assert set(result.kept["id"]).isdisjoint(quarantine["id"])
     by_id = quarantine.set_index("id")
     assert by_id.loc["train/00011", "rule"] == "duplicate_in_split"
-    assert "same pixels as train/00010" in by_id.loc["train/00011", "reason"]
+    assert "same content as train/00010" in by_id.loc["train/00011", "reason"]
     assert "train/00010" not in by_id.index  # the first copy is kept
     assert {"train/00020", "train/00021"} <= set(by_id.index)
     assert "conflicting labels" in by_id.loc["train/00021", "reason"]

@@ -1,0 +1,319 @@
+"""Folder datasets: list every image a user's folder holds, then pack the files' bytes into one blob.
+
+Two layouts, detected from what is on disk (README, "Use your own images"):
+
+- **CSV**: ``train/`` holding a CSV of image names and labels (images beside it or in
+  ``train/images/``), optionally ``test/`` holding a CSV of names. A test CSV without labels
+  becomes the ``predict`` split (predicted, not scored); with labels, the ``test`` split.
+- **class folders**: one subfolder per class (the ``image_dataset_from_directory`` convention),
+  optionally under ``train/`` and ``test/``. Loose files in ``test/`` are the ``predict`` split.
+
+Listing never opens an image and never follows a path out of the folder: names that leave it,
+or name nothing, become rows with a ``problem`` that validate turns into quarantine entries, so
+every CSV row and every file is accounted for. Packing streams files through a thread pool
+(reading and sha256 release the GIL, so both cores work) and holds one chunk in memory at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from imgclf.images import resolve_inside
+from imgclf.io import PipelineError, atomic_path
+
+log = logging.getLogger(__name__)
+
+NAME_COLUMNS = ("image", "filename", "file", "image_name", "image_id", "name", "id", "path")
+LABEL_COLUMNS = ("label", "class", "category", "target", "class_name", "y")
+LISTING_COLUMNS = ["id", "name", "label", "split", "source", "path", "problem_rule", "problem"]
+PACK_CHUNK = 256
+
+
+@dataclass
+class Listing:
+    """Every row a folder dataset holds, before any file is read."""
+
+    rows: pd.DataFrame  # LISTING_COLUMNS; ``path`` is "" for rows with a problem
+    class_names: list[str]
+    layout: str
+    skipped: list[str] = field(default_factory=list)  # hidden files, never images
+
+
+def detect_layout(folder: Path) -> str:
+    """``csv`` when ``train/`` (or the folder itself) holds a CSV, else ``class_folders``."""
+    if not folder.is_dir():
+        raise PipelineError(f"ingest.source={str(folder)!r} is not a folder (nor 'fashion-mnist')")
+    train = folder / "train"
+    if (train.is_dir() and any(train.glob("*.csv"))) or any(folder.glob("*.csv")):
+        return "csv"
+    return "class_folders"
+
+
+def list_folder(folder: str | Path, params: dict) -> Listing:
+    folder = Path(folder).expanduser()
+    layout = detect_layout(folder)
+    listing = _list_csv(folder, params) if layout == "csv" else _list_class_folders(folder, params)
+    listing.rows = _limit(listing.rows, params.get("limit"))
+    return listing
+
+
+# --- the CSV layout ------------------------------------------------------------------------------
+
+
+def _find_csv(directory: Path, configured: str | None, role: str) -> Path:
+    if configured:
+        path = directory / configured
+        if not path.is_file():
+            raise PipelineError(f"ingest.csv.{role}_file={configured!r}: {path} not found")
+        return path
+    csvs = sorted(directory.glob("*.csv"))
+    if len(csvs) > 1:
+        raise PipelineError(
+            f"{directory} holds {len(csvs)} CSV files ({', '.join(c.name for c in csvs)}); "
+            f"set ingest.csv.{role}_file to the one to use"
+        )
+    return csvs[0]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError as error:
+        raise PipelineError(f"{path} is empty") from error
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{path} is not a readable UTF-8 CSV: {str(error).splitlines()[0]}") from error
+    table.columns = [str(column).strip() for column in table.columns]
+    return table
+
+
+def _column(table: pd.DataFrame, configured: str | None, candidates: tuple[str, ...]) -> str | None:
+    if configured:
+        return configured if configured in table.columns else None
+    by_lower = {column.lower(): column for column in table.columns}
+    return next((by_lower[name] for name in candidates if name in by_lower), None)
+
+
+def _csv_rows(folder: Path, csv_path: Path, split: str, params: dict, require_label: bool) -> pd.DataFrame:
+    table = _read_table(csv_path)
+    settings = params.get("csv") or {}
+    image_column = _column(table, settings.get("image_column"), NAME_COLUMNS)
+    if image_column is None:
+        raise PipelineError(
+            f"{csv_path} has no column of image names (looked for "
+            f"{settings.get('image_column') or ', '.join(NAME_COLUMNS)}; columns are {', '.join(table.columns)}); "
+            "set ingest.csv.image_column"
+        )
+    label_column = _column(table, settings.get("label_column"), LABEL_COLUMNS)
+    if label_column is None and require_label:
+        raise PipelineError(
+            f"{csv_path} has no label column (looked for "
+            f"{settings.get('label_column') or ', '.join(LABEL_COLUMNS)}; columns are {', '.join(table.columns)}); "
+            "set ingest.csv.label_column"
+        )
+    labels = table[label_column].str.strip() if label_column else pd.Series([""] * len(table))
+    role = split  # ids name the folder the row came from
+    if not require_label and not labels.str.len().any():
+        split = "predict"  # a test CSV without labels: images to predict, not to score
+    rows = []
+    for name, label in zip(table[image_column].str.strip(), labels, strict=True):
+        path, rule, reason = resolve_inside(csv_path.parent, name)
+        rows.append(_row(folder, split, name, label, path, rule, reason, id_=f"{role}/{name}"))
+    return pd.DataFrame(rows, columns=LISTING_COLUMNS)
+
+
+def _list_csv(folder: Path, params: dict) -> Listing:
+    settings = params.get("csv") or {}
+    train_dir = folder / "train" if (folder / "train").is_dir() and any((folder / "train").glob("*.csv")) else folder
+    frames = [_csv_rows(folder, _find_csv(train_dir, settings.get("train_file"), "train"), "train", params, True)]
+    test_dir = folder / "test"
+    if test_dir.is_dir() and any(test_dir.glob("*.csv")):
+        frames.append(_csv_rows(folder, _find_csv(test_dir, settings.get("test_file"), "test"), "test", params, False))
+    rows = pd.concat(frames, ignore_index=True)
+    labelled = rows.loc[(rows["split"] == "train") & (rows["label"] != ""), "label"]
+    class_names = _class_names(params, sorted(labelled.unique()))
+    return Listing(_unique_ids(rows), class_names, "csv")
+
+
+# --- the class-folder layout ---------------------------------------------------------------------
+
+
+def _list_class_folders(folder: Path, params: dict) -> Listing:
+    has_splits = (folder / "train").is_dir() and any(_subfolders(folder / "train"))
+    roots = {"train": folder / "train", "test": folder / "test"} if has_splits else {"train": folder}
+    found = [path.name for path in _subfolders(roots["train"])]
+    if not found:
+        raise PipelineError(
+            f"{roots['train']} has no class subfolders and no CSV: see the README, 'Use your own images'"
+        )
+    rows, skipped = [], []
+    if has_splits:  # anything beside train/ and test/ is not part of the dataset: say so
+        skipped += [_relative(folder, p) for p in sorted(folder.iterdir()) if p.name not in roots]
+    for split, root in roots.items():
+        if not root.is_dir():
+            continue
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                skipped.append(_relative(folder, Path(entry.path)))
+            elif entry.is_dir(follow_symlinks=False):
+                files, hidden = _walk(folder, Path(entry.path))
+                rows += [_file_row(folder, split, entry.name, path) for path in files]
+                skipped += hidden
+            else:  # a file beside the class folders: unlabelled
+                rows.append(_file_row(folder, "predict" if split == "test" else split, "", Path(entry.path)))
+    frame = pd.DataFrame(rows, columns=LISTING_COLUMNS)
+    if skipped:
+        log.warning(
+            "skipped %d hidden or out-of-layout path(s), e.g. %s (listed in meta.json)", len(skipped), skipped[0]
+        )
+    return Listing(_unique_ids(frame), _class_names(params, sorted(found)), "class_folders", skipped)
+
+
+def _subfolders(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+
+def _walk(folder: Path, directory: Path) -> tuple[list[Path], list[str]]:
+    """Files under ``directory`` in a stable order; symlinked folders are listed, not entered."""
+    files, hidden = [], []
+    for current, dirs, names in os.walk(directory, followlinks=False):
+        hidden += [_relative(folder, Path(current) / d) + "/" for d in dirs if d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names) + [d for d in dirs if (Path(current) / d).is_symlink()]:
+            path = Path(current) / name
+            if name.startswith("."):
+                hidden.append(_relative(folder, path))
+            else:
+                files.append(path)
+    return sorted(files), hidden
+
+
+def _file_row(folder: Path, split: str, label: str, path: Path) -> dict:
+    name = _relative(folder, path)
+    resolved, rule, reason = resolve_inside(folder, name, search=("",))
+    return _row(folder, split, name, label, resolved, rule, reason, id_=name)
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _relative(folder: Path, path: Path) -> str:
+    return Path(os.path.relpath(path, folder)).as_posix()
+
+
+def _row(
+    folder: Path, split: str, name: str, label: str, path: Path | None, rule: str, reason: str, id_: str = ""
+) -> dict:
+    return {
+        "id": id_ or f"{split}/{name}",
+        "name": name,  # as the user wrote it (CSV cell, or path in the folder): predictions use it
+        "label": label,
+        "split": split,
+        "source": _relative(folder, path) if path else name,
+        "path": str(path) if path else "",
+        "problem_rule": rule,  # a validate rule, for rows that cannot be read at all
+        "problem": reason,
+    }
+
+
+def _unique_ids(rows: pd.DataFrame) -> pd.DataFrame:
+    """A name listed twice keeps its id the first time and gets ``#2``, ``#3``... after."""
+    seen: Counter[str] = Counter()
+    ids = []
+    for id_ in rows["id"]:
+        seen[id_] += 1
+        ids.append(id_ if seen[id_] == 1 else f"{id_}#{seen[id_]}")
+    return rows.assign(id=ids)
+
+
+def _class_names(params: dict, found: list[str]) -> list[str]:
+    configured = params.get("classes")
+    if configured:
+        return [str(name) for name in configured]
+    if not found:
+        raise PipelineError("no labelled training images found: see the README, 'Use your own images'")
+    return found
+
+
+def _limit(rows: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    if limit is None:
+        return rows
+    if int(limit) < 1:
+        raise PipelineError(f"ingest.limit must be a positive integer or null, got {limit}")
+    keep = rows.groupby(["split", "label"], sort=False).cumcount() < int(limit)
+    return rows[keep].reset_index(drop=True)
+
+
+# --- packing -------------------------------------------------------------------------------------
+
+
+def _read(path: str, max_bytes: int) -> tuple[bytes | None, str, int, str]:
+    """(data, sha256, size, problem): the file's bytes unless it cannot or should not be read."""
+    try:
+        size = os.stat(path).st_size
+        if size > max_bytes:
+            return None, "", size, f"{size / 2**20:.1f} MB, over ingest.max_pack_mb; not packed"
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        return None, "", 0, f"cannot read file: {error.strerror or error}"
+    return data, hashlib.sha256(data).hexdigest(), len(data), ""
+
+
+def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: int | None = None) -> pd.DataFrame:
+    """Stream every listed file into ``blob_path``; return the manifest (offset and size of each file)."""
+    rows = listing.rows.reset_index(drop=True)
+    max_bytes = int(float(max_pack_mb) * 2**20)
+    offsets = np.zeros(len(rows), dtype=np.int64)
+    sizes = np.zeros(len(rows), dtype=np.int64)
+    file_bytes = np.zeros(len(rows), dtype=np.int64)
+    hashes = [""] * len(rows)
+    rules, problems = rows["problem_rule"].tolist(), rows["problem"].tolist()
+    position = 0
+    with (
+        atomic_path(blob_path) as tmp,
+        open(tmp, "wb") as out,
+        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        tqdm(total=len(rows), desc="pack", unit="img", disable=None) as bar,
+    ):
+        for start in range(0, len(rows), PACK_CHUNK):
+            chunk = rows.iloc[start : start + PACK_CHUNK]
+            readable = [(i, path) for i, path in zip(chunk.index, chunk["path"], strict=True) if path]
+            for (i, _), (data, sha, size, problem) in zip(
+                readable, pool.map(lambda item: _read(item[1], max_bytes), readable), strict=True
+            ):
+                file_bytes[i] = size
+                if problem:
+                    rules[i], problems[i] = ("file_size" if data is None and size else "readable"), problem
+                    continue
+                out.write(data)
+                offsets[i], sizes[i], hashes[i] = position, len(data), sha
+                position += len(data)
+            bar.update(len(chunk))
+    return pd.DataFrame(
+        {
+            "id": rows["id"],
+            "name": rows["name"],
+            "label": rows["label"],
+            "split": rows["split"],
+            "source": rows["source"],
+            "sha256": hashes,
+            "index": np.arange(len(rows)),
+            "offset": offsets,
+            "nbytes": sizes,
+            "file_bytes": file_bytes,
+            "problem_rule": rules,
+            "problem": problems,
+        }
+    )
