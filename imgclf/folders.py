@@ -11,7 +11,8 @@ Two layouts, detected from what is on disk (README, "Use your own images"):
 Listing never opens an image and never follows a path out of the folder: names that leave it,
 or name nothing, become rows with a ``problem`` that validate turns into quarantine entries, so
 every CSV row and every file is accounted for. Packing streams files through a thread pool
-(reading and sha256 release the GIL, so both cores work) and holds one chunk in memory at a time.
+(reading and sha256 release the GIL, so both cores work) and holds one chunk of files in memory at
+a time (at most 64 files and 64 MB).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 NAME_COLUMNS = ("image", "filename", "file", "image_name", "image_id", "name", "id", "path")
 LABEL_COLUMNS = ("label", "class", "category", "target", "class_name", "y")
 LISTING_COLUMNS = ["id", "name", "label", "split", "source", "path", "problem_rule", "problem"]
-PACK_CHUNK = 256
+PACK_CHUNK = 64  # files read at once...
+CHUNK_MB = 64  # ...and at most this many MB of them
 
 
 @dataclass
@@ -60,7 +63,9 @@ def detect_layout(folder: Path) -> str:
 
 
 def list_folder(folder: str | Path, params: dict) -> Listing:
-    folder = Path(folder).expanduser()
+    # Resolved once: sources are relative to the real folder, however the user's path reached it,
+    # so the manifest is the same bytes on every machine that mounts the data somewhere else.
+    folder = Path(folder).expanduser().resolve()
     layout = detect_layout(folder)
     listing = _list_csv(folder, params) if layout == "csv" else _list_class_folders(folder, params)
     listing.rows = _limit(listing.rows, params.get("limit"))
@@ -126,17 +131,25 @@ def _csv_rows(folder: Path, csv_path: Path, split: str, params: dict, require_la
         split = "predict"  # a test CSV without labels: images to predict, not to score
     rows = []
     for name, label in zip(table[image_column].str.strip(), labels, strict=True):
-        path, rule, reason = resolve_inside(csv_path.parent, name)
+        path, rule, reason = resolve_inside(csv_path.parent, name, root=folder)
         rows.append(_row(folder, split, name, label, path, rule, reason, id_=f"{role}/{name}"))
     return pd.DataFrame(rows, columns=LISTING_COLUMNS)
+
+
+def _inside_or_fail(folder: Path, directory: Path) -> Path:
+    if not directory.resolve().is_relative_to(folder):
+        raise PipelineError(f"{directory} is a link to {directory.resolve()}, outside the dataset folder {folder}")
+    return directory
 
 
 def _list_csv(folder: Path, params: dict) -> Listing:
     settings = params.get("csv") or {}
     train_dir = folder / "train" if (folder / "train").is_dir() and any((folder / "train").glob("*.csv")) else folder
+    _inside_or_fail(folder, train_dir)
     frames = [_csv_rows(folder, _find_csv(train_dir, settings.get("train_file"), "train"), "train", params, True)]
     test_dir = folder / "test"
     if test_dir.is_dir() and any(test_dir.glob("*.csv")):
+        _inside_or_fail(folder, test_dir)
         frames.append(_csv_rows(folder, _find_csv(test_dir, settings.get("test_file"), "test"), "test", params, False))
     rows = pd.concat(frames, ignore_index=True)
     labelled = rows.loc[(rows["split"] == "train") & (rows["label"] != ""), "label"]
@@ -228,12 +241,21 @@ def _row(
 
 
 def _unique_ids(rows: pd.DataFrame) -> pd.DataFrame:
-    """A name listed twice keeps its id the first time and gets ``#2``, ``#3``... after."""
+    """A name listed twice keeps its id the first time and gets ``#2``, ``#3``... after (never reused)."""
     seen: Counter[str] = Counter()
+    taken = set(rows["id"])
     ids = []
     for id_ in rows["id"]:
         seen[id_] += 1
-        ids.append(id_ if seen[id_] == 1 else f"{id_}#{seen[id_]}")
+        if seen[id_] == 1:
+            ids.append(id_)
+            continue
+        n = seen[id_]
+        while f"{id_}#{n}" in taken:
+            n += 1
+        seen[id_] = n
+        taken.add(f"{id_}#{n}")
+        ids.append(f"{id_}#{n}")
     return rows.assign(id=ids)
 
 
@@ -271,8 +293,30 @@ def _read(path: str, max_bytes: int) -> tuple[bytes | None, str, int, str]:
     return data, hashlib.sha256(data).hexdigest(), len(data), ""
 
 
+def _chunks(paths: list[tuple[int, str]], max_files: int, max_bytes: int) -> Iterator[list[tuple[int, str]]]:
+    """Consecutive groups of files whose sizes add up to at most ``max_bytes`` (one file at least)."""
+    chunk, total = [], 0
+    for i, path in paths:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0  # _read reports it
+        if chunk and (len(chunk) >= max_files or total + size > max_bytes):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append((i, path))
+        total += size
+    if chunk:
+        yield chunk
+
+
 def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: int | None = None) -> pd.DataFrame:
-    """Stream every listed file into ``blob_path``; return the manifest (offset and size of each file)."""
+    """Stream every listed file into ``blob_path``; return the manifest (offset and size of each file).
+
+    Files are read by a thread pool a chunk at a time, a chunk being at most ``PACK_CHUNK`` files
+    and ``CHUNK_MB`` (or one file up to ``max_pack_mb``): that bounds memory, whatever the dataset.
+    The blob is written in listing order, so it is the same bytes for any number of workers.
+    """
     rows = listing.rows.reset_index(drop=True)
     max_bytes = int(float(max_pack_mb) * 2**20)
     offsets = np.zeros(len(rows), dtype=np.int64)
@@ -280,6 +324,7 @@ def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: in
     file_bytes = np.zeros(len(rows), dtype=np.int64)
     hashes = [""] * len(rows)
     rules, problems = rows["problem_rule"].tolist(), rows["problem"].tolist()
+    readable = [(i, path) for i, path in enumerate(rows["path"]) if path]
     position = 0
     with (
         atomic_path(blob_path) as tmp,
@@ -287,11 +332,10 @@ def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: in
         ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
         tqdm(total=len(rows), desc="pack", unit="img", disable=None) as bar,
     ):
-        for start in range(0, len(rows), PACK_CHUNK):
-            chunk = rows.iloc[start : start + PACK_CHUNK]
-            readable = [(i, path) for i, path in zip(chunk.index, chunk["path"], strict=True) if path]
+        bar.update(len(rows) - len(readable))
+        for chunk in _chunks(readable, PACK_CHUNK, CHUNK_MB * 2**20):
             for (i, _), (data, sha, size, problem) in zip(
-                readable, pool.map(lambda item: _read(item[1], max_bytes), readable), strict=True
+                chunk, pool.map(lambda item: _read(item[1], max_bytes), chunk), strict=True
             ):
                 file_bytes[i] = size
                 if problem:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow's format names for the suffixes above.
@@ -35,43 +37,45 @@ class Header:
     height: int
     mode: str
     frames: int
+    alpha: bool = False
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
 
 
-def read_header(data: bytes) -> Header:
-    """Format, size and mode from the file's header, without decoding pixels."""
-    if len(data) == 0:
-        raise ImageError("zero-byte file")
+@contextmanager
+def _no_pillow_limit() -> Iterator[None]:
+    """Pillow's own bomb guard off: we compare the header with ``max_pixels`` ourselves, first."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit applies, see decode
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                return Header(
-                    format=image.format or "unknown",
-                    width=int(image.width),
-                    height=int(image.height),
-                    mode=image.mode,
-                    frames=int(getattr(image, "n_frames", 1)),
-                )
-        except UnidentifiedImageError as error:
-            raise ImageError(f"not an image (content starts {bytes(data[:8])!r})") from error
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ImageError(f"unreadable image header: {error}") from error
+            yield
         finally:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def _has_alpha(header: Header, data: bytes) -> bool:
-    if header.mode in ALPHA_MODES:
-        return True
-    if header.mode == "P" and header.format in ("PNG", "GIF", "WEBP"):
-        with Image.open(io.BytesIO(data)) as image:
-            return "transparency" in image.info
-    return False
+def read_header(data: bytes) -> Header:
+    """Format, size, mode and transparency from the file's header, without decoding pixels."""
+    if len(data) == 0:
+        raise ImageError("zero-byte file")
+    with _no_pillow_limit():
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format or "unknown"
+                return Header(
+                    format="JPEG" if fmt == "MPO" else fmt,  # MPO: a camera JPEG with an embedded preview
+                    width=int(image.width),
+                    height=int(image.height),
+                    mode=image.mode,
+                    frames=int(getattr(image, "n_frames", 1)),
+                    alpha=image.mode in ALPHA_MODES or "transparency" in image.info,
+                )
+        except UnidentifiedImageError as error:
+            raise ImageError(f"not an image (content starts {bytes(data[:8])!r})") from error
+        except Exception as error:  # corrupt headers raise all sorts (OSError, TypeError, struct.error...)
+            raise ImageError(f"unreadable image header: {type(error).__name__}: {error}") from error
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -84,39 +88,37 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     raise ImageError(f"unsupported pixel type {image.dtype}")
 
 
+def _decode_with_alpha(data: bytes) -> np.ndarray:
+    """Pillow for transparent images: EXIF orientation applied, composited over white."""
+    with _no_pillow_limit(), Image.open(io.BytesIO(data)) as image:
+        rgba = np.asarray(ImageOps.exif_transpose(image).convert("RGBA"), dtype=np.float32)
+    weight = rgba[:, :, 3:4] / 255.0
+    return np.round(rgba[:, :, :3] * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
+
+
 def decode(data: bytes | np.ndarray, max_pixels: int | None = None, header: Header | None = None) -> np.ndarray:
     """Decode an image file's bytes to (H, W, 3) uint8 RGB, upright.
 
-    Transparent pixels are composited over white (a product photo's background, not black).
+    OpenCV's IMREAD_COLOR applies EXIF orientation and converts gray, palette, CMYK and 16-bit to
+    8-bit. Transparent images go through Pillow instead (OpenCV ignores orientation when it keeps
+    the alpha channel) and are composited over white: a product photo's background, not black.
     Raises :class:`ImageError` for anything that is not a whole, decodable image.
     """
     data = bytes(data) if isinstance(data, np.ndarray) else data
     header = header or read_header(data)
     if max_pixels is not None and header.pixels > max_pixels:
         raise ImageError(f"{header.width}x{header.height} = {header.pixels:,} pixels > limit {max_pixels:,}")
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    alpha = _has_alpha(header, data)
     try:
-        # IMREAD_COLOR applies EXIF orientation and converts gray/palette/CMYK/16-bit to 8-bit BGR;
-        # images with an alpha channel need IMREAD_UNCHANGED to keep it.
-        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED if alpha else cv2.IMREAD_COLOR)
+        if header.alpha:
+            return _decode_with_alpha(data)
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as error:
         raise ImageError(f"cannot decode {header.format}: {str(error).strip().splitlines()[-1]}") from error
+    except Exception as error:  # Pillow's errors for truncated or corrupt data
+        raise ImageError(f"cannot decode {header.format}: {type(error).__name__}: {error}") from error
     if image is None:
         raise ImageError(f"cannot decode {header.format} (truncated or corrupt)")
-    image = _to_uint8(image)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        rgb = image[:, :, 2::-1].astype(np.float32)
-        weight = image[:, :, 3:4].astype(np.float32) / 255.0
-        return np.round(rgb * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
-    if image.shape[2] == 2:  # gray + alpha
-        gray = image[:, :, :1].astype(np.float32)
-        weight = image[:, :, 1:2].astype(np.float32) / 255.0
-        composite = np.round(gray * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
-        return np.repeat(composite, 3, axis=2)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_to_uint8(image), cv2.COLOR_BGR2RGB)
 
 
 def perceptual_hash(image: np.ndarray) -> int:
@@ -142,29 +144,35 @@ def hamming_within(queries: np.ndarray, pool: np.ndarray, max_distance: int) -> 
     return pairs
 
 
-def resolve_inside(folder: Path, name: str, search: tuple[str, ...] = ("", "images")) -> tuple[Path | None, str, str]:
-    """The file ``name`` inside ``folder`` (or one of its ``search`` subfolders), or why not.
+def resolve_inside(
+    folder: Path, name: str, search: tuple[str, ...] = ("", "images"), root: Path | None = None
+) -> tuple[Path | None, str, str]:
+    """The file ``name`` in ``folder`` (or one of its ``search`` subfolders), kept inside ``root``.
 
-    Returns ``(path, "", "")`` or ``(None, rule, reason)`` with the validate rule it breaks:
-    ``path_outside`` for a name that leaves the folder (``..``, absolute, or a symlink pointing
-    out), ``file_missing`` for one that is not there. Names without a suffix also match
-    ``name.jpg`` and the like.
+    ``root`` (default ``folder``) is the dataset folder: nothing outside it is ever returned,
+    whatever links ``folder`` itself went through. Returns ``(path, "", "")`` or
+    ``(None, rule, reason)`` with the validate rule it breaks: ``path_outside`` for a name that
+    leaves the dataset (``..``, absolute, or a symlink pointing out), ``file_missing`` for one
+    that is not there. Names without a suffix also match ``name.jpg`` and the like.
     """
     if not name:
         return None, "file_missing", "empty file name"
     relative = Path(name.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts:
         return None, "path_outside", f"{name!r} leaves the dataset folder"
-    root = folder.resolve()
+    boundary = (root or folder).resolve()
     candidates = [folder / sub / relative for sub in search]
     if not relative.suffix:
         candidates += [folder / sub / f"{relative}{suffix}" for sub in search for suffix in IMAGE_SUFFIXES]
-    for candidate in candidates:
-        if candidate.is_symlink() or candidate.exists():
-            resolved = candidate.resolve()
-            if not resolved.is_relative_to(root):
-                return None, "path_outside", f"{name!r} is a link to {resolved}, outside the dataset folder"
-            if not resolved.is_file():
-                return None, "file_missing", f"{name!r} is not a file"
-            return resolved, "", ""
+    try:
+        for candidate in candidates:
+            if candidate.is_symlink() or candidate.exists():
+                resolved = candidate.resolve()
+                if not resolved.is_relative_to(boundary):
+                    return None, "path_outside", f"{name!r} is a link to {resolved}, outside the dataset folder"
+                if not resolved.is_file():
+                    return None, "file_missing", f"{name!r} is not a file"
+                return resolved, "", ""
+    except (OSError, ValueError) as error:  # a name too long for the file system, a NUL byte...
+        return None, "file_missing", f"cannot look up {name[:80]!r}: {error}"
     return None, "file_missing", f"{name!r} not found in {folder}"

@@ -322,7 +322,8 @@ class IngestedImages:
         """
         global _JOB
         workers = workers or os.cpu_count() or 1
-        chunks = [refs[start : start + MAP_CHUNK] for start in range(0, len(refs), MAP_CHUNK)]
+        size = max(1, min(MAP_CHUNK, -(-len(refs) // (4 * workers))))  # small datasets use every worker too
+        chunks = [refs[start : start + size] for start in range(0, len(refs), size)]
         _JOB = (function, self, options)
         try:
             with tqdm(total=len(refs), desc=desc, unit="img", disable=None) as bar:

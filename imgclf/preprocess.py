@@ -102,7 +102,7 @@ def assign_splits(manifest: pd.DataFrame, val_fraction: float, test_fraction: fl
     splits = manifest["split"].copy()  # "predict" rows (unlabelled) stay as they are
     has_test = (splits == "test").any()
     pool = manifest.index[splits == "train"]
-    total = len(manifest) if has_test else len(pool)
+    total = int((splits != "predict").sum()) if has_test else len(pool)
     if not has_test and test_fraction > 0:
         pool, test_rows = _stratified(manifest, pool, test_fraction * total, seed)
         splits[test_rows] = "test"

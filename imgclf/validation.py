@@ -108,15 +108,15 @@ def _from_ingest(rule: str) -> Callable[..., dict]:
 
 def rule_file_size(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
     limit_mb = float(params.get("max_file_mb", DEFAULTS["max_file_mb"]))
-    not_packed = rows[rows["problem_rule"] == "file_size"]
-    reasons = dict(zip(not_packed.index, not_packed["problem"], strict=True))
     big = rows[rows["file_bytes"] > limit_mb * 2**20]
-    reasons |= {i: f"{n / 2**20:.1f} MB > validate.max_file_mb {limit_mb:g}" for i, n in big["file_bytes"].items()}
-    return reasons
+    reasons = {i: f"{n / 2**20:.1f} MB > validate.max_file_mb {limit_mb:g}" for i, n in big["file_bytes"].items()}
+    not_packed = rows[rows["problem_rule"] == "file_size"]
+    return reasons | dict(zip(not_packed.index, not_packed["problem"], strict=True))
 
 
 def rule_readable(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
-    flagged = rows[(rows["problem_rule"] == "readable") | (rows["decode_error"] != "")]
+    """Undecodable, unreadable, or not packed by ingest (too big): no pixels to train on, whatever file_size says."""
+    flagged = rows[rows["problem_rule"].isin(["readable", "file_size"]) | (rows["decode_error"] != "")]
     return {
         i: problem or error
         for i, problem, error in zip(flagged.index, flagged["problem"], flagged["decode_error"], strict=True)
@@ -171,9 +171,13 @@ def rule_duplicate_name(rows: pd.DataFrame, class_names: list[str], params: dict
 
 
 def rule_duplicate_in_split(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
-    """Identical content twice in one split: keep the first copy; if the copies disagree on the label, drop all."""
+    """Identical content twice in one split: keep the first copy; if the copies disagree on the label, drop all.
+
+    The predict split is left alone: two identical unlabelled images both deserve a prediction.
+    """
     reasons = {}
-    for (_split, _sha), group in rows[rows["sha256"] != ""].groupby(["split", "sha256"], sort=False):
+    candidates = rows[(rows["sha256"] != "") & (rows["split"] != "predict")]
+    for (_split, _sha), group in candidates.groupby(["split", "sha256"], sort=False):
         if len(group) < 2:
             continue
         if group["label"].nunique() > 1:

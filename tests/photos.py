@@ -61,7 +61,8 @@ def csv_dataset(root: Path, per_class: int, unlabelled: int, seed: int = 0) -> P
         name = f"new_{i:03d}.jpg"
         save(root / "test" / "images" / name, random_photo(CLASSES[i % len(CLASSES)], rng))
         names.append(name)
-    (root / "test" / "test.csv").write_text("\n".join(names) + "\n")
+    if unlabelled:
+        (root / "test" / "test.csv").write_text("\n".join(names) + "\n")
     return root
 
 

@@ -62,3 +62,34 @@ def test_no_two_stages_own_overlapping_paths():
         for stage_b, b in owned[i + 1 :]:
             overlap = a == b or a.startswith(b + "/") or b.startswith(a + "/")
             assert not overlap, f"{stage_a}:{a} overlaps {stage_b}:{b}"
+
+
+def _imgclf_imports(path, seen=None):
+    """The imgclf modules a file imports, directly or through other imgclf modules (top-level and lazy)."""
+    import ast
+
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgclf"):
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.startswith("imgclf")]
+        for name in names:
+            module = REPO_ROOT / (name.replace(".", "/") + ".py")
+            if module.exists() and _rel_str(module) not in seen:
+                seen.add(_rel_str(module))
+                _imgclf_imports(module, seen)
+    return seen
+
+
+def _rel_str(path):
+    return str(path.relative_to(REPO_ROOT))
+
+
+def test_every_stage_depends_on_every_module_it_imports():
+    """Otherwise a change to a module could leave a stage's outputs stale while `dvc repro` says nothing changed."""
+    for name, stage in DVC.items():
+        script = REPO_ROOT / f"stages/{name.replace('-', '_')}.py"
+        missing = _imgclf_imports(script) - set(stage["deps"])
+        assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in deps"

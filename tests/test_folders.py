@@ -17,6 +17,7 @@ from PIL import Image
 from imgclf import images
 from imgclf.folders import detect_layout, list_folder
 from imgclf.ingest import ingest, read_ingested
+from imgclf.io import PipelineError
 from imgclf.paths import Layout
 from imgclf.preprocess import write_split
 from imgclf.validation import validate
@@ -309,14 +310,99 @@ def test_layouts_are_detected_and_limit_applies_per_class_and_split(tmp_path):
     assert set(flat.rows["split"]) == {"train"} and len(flat.rows) == 12 and flat.class_names == list(CLASSES)
 
 
-def test_packing_is_byte_identical_whatever_the_worker_count(tmp_path):
+def test_data_artifacts_are_byte_identical_whatever_the_worker_count(tmp_path):
     root = class_folder_dataset(tmp_path / "flat", per_class=20)
-    blobs = []
+    outputs = []
     for workers in (1, 2):
         layout = Layout(tmp_path / f"out{workers}")
         ingest({"source": str(root), "workers": workers}, layout)
-        blobs.append((layout.ingested_blob.read_bytes(), layout.ingested_manifest.read_bytes()))
-    assert blobs[0] == blobs[1]
+        reader, manifest, meta = read_ingested(layout)
+        result = validate(manifest, reader, meta["class_names"], {"near_duplicate_distance": 4}, workers=workers)
+        write_split(reader, reader.refs(result.kept), tmp_path / f"x{workers}.npy", 24, "rgb", workers=workers)
+        outputs.append(
+            (
+                layout.ingested_blob.read_bytes(),
+                layout.ingested_manifest.read_bytes(),
+                result.kept.to_csv(index=False),
+                (tmp_path / f"x{workers}.npy").read_bytes(),
+            )
+        )
+    assert outputs[0] == outputs[1]
+
+
+def test_corrupted_files_of_every_format_decode_or_raise_image_error():
+    """Seeded byte flips in every format: each result is an image or an ImageError, never another exception."""
+    rng = np.random.default_rng(11)
+    originals = [
+        _pil_bytes(Image.fromarray(_halves(40, 60)), fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+    ]
+    originals += [rgba_png(), deep_png(), cmyk_jpeg(), exif_rotated_jpeg()]
+    outcomes = {"decoded": 0, "refused": 0}
+    for original in originals:
+        for _ in range(40):
+            data = bytearray(original)
+            for position in rng.integers(0, len(data), int(rng.integers(1, 6))):
+                data[position] = int(rng.integers(0, 256))
+            try:
+                image = images.decode(
+                    bytes(data[: int(rng.integers(len(data) // 2, len(data) + 1))]), images.MAX_PIXELS
+                )
+                assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+                outcomes["decoded"] += 1
+            except images.ImageError:
+                outcomes["refused"] += 1
+    assert outcomes["decoded"] and outcomes["refused"]  # both paths taken
+
+
+def test_camera_jpeg_with_embedded_preview_is_a_jpeg():
+    full, preview = Image.fromarray(_halves()), Image.fromarray(_halves(50, 100))
+    mpo = _pil_bytes(full, "MPO", save_all=True, append_images=[preview])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    assert images.read_header(mpo).format == "JPEG" and images.decode(mpo).shape == (100, 200, 3)
+
+
+def test_transparent_images_are_turned_upright_too():
+    rgba = np.zeros((20, 60, 4), np.uint8)
+    rgba[:, :30] = (255, 0, 0, 255)  # opaque red on the left, transparent on the right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = images.decode(_pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG", exif=exif))
+    assert upright.shape == (60, 20, 3)
+    assert tuple(upright[5, 10]) == (255, 0, 0) and tuple(upright[-5, 10]) == (255, 255, 255)
+
+
+def test_links_long_names_and_oversized_files_are_accounted_for(tmp_path):
+    root = csv_dataset(tmp_path / "shapes", per_class=12, unlabelled=0)
+    outside = csv_dataset(tmp_path / "elsewhere", per_class=1, unlabelled=2) / "test"
+    (root / "test").symlink_to(outside)  # test/ is a link out of the dataset folder
+    with pytest.raises(PipelineError, match="outside the dataset folder"):
+        list_folder(root, {})
+    (root / "test").unlink()
+
+    labels = root / "train" / "labels.csv"
+    labels.write_text(labels.read_text() + f"{'x' * 300}.jpg,disc\n")
+    big = save(root / "train" / "images" / "huge.png", RNG.integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    labels.write_text(labels.read_text() + f"{big.name},disc\n")
+    for severity, rule in (("error", "file_size"), ("off", "readable")):
+        params = {**VALIDATE, "rules": {"file_size": severity}}
+        *_, result = _ingest_and_validate(root, tmp_path / severity, {"max_pack_mb": 0.2}, params)
+        quarantine = result.quarantine.set_index("id")
+        assert quarantine.loc["train/huge.png", "rule"] == rule  # never kept without its bytes
+        assert "over ingest.max_pack_mb" in quarantine.loc["train/huge.png", "reason"]
+        long_id = f"train/{'x' * 300}.jpg"
+        assert (
+            quarantine.loc[long_id, "rule"] == "file_missing" and "cannot look up" in quarantine.loc[long_id, "reason"]
+        )
+        assert result.report["rows_in"] == 38 == result.report["rows_kept"] + result.report["rows_quarantined"]
+
+
+def test_repeated_names_get_ids_that_are_never_reused(tmp_path):
+    root = csv_dataset(tmp_path / "shapes", per_class=2, unlabelled=0)
+    labels = root / "train" / "labels.csv"
+    first = labels.read_text().splitlines()[1]
+    labels.write_text(labels.read_text() + f"{first}\n{first}\n")
+    rows = list_folder(root, {}).rows
+    assert rows["id"].is_unique and len(rows) == 8
 
 
 @pytest.mark.parametrize(

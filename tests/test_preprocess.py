@@ -55,3 +55,13 @@ def test_test_split_is_carved_when_the_source_has_none():
 def test_bad_fractions_are_clear_errors():
     with pytest.raises(PipelineError, match="val_fraction"):
         assign_splits(_manifest(10, 0), 1.5, 0.1, seed=1)
+
+
+def test_unlabelled_predict_rows_do_not_count_towards_the_split_sizes():
+    labelled = _manifest(100, 20)
+    with_predict = pd.concat(
+        [labelled, pd.DataFrame({"label": [""] * 500, "split": ["predict"] * 500})], ignore_index=True
+    )
+    splits = assign_splits(with_predict, val_fraction=0.1, test_fraction=0.1, seed=0)
+    assert (splits == "val").sum() == 12  # 10% of the 120 labelled rows, not of 620
+    assert (splits == "predict").sum() == 500
