@@ -11,8 +11,8 @@ Two layouts, detected from what is on disk (README, "Use your own images"):
 Listing never opens an image and never follows a path out of the folder: names that leave it,
 or name nothing, become rows with a ``problem`` that validate turns into quarantine entries, so
 every CSV row and every file is accounted for. Packing streams files through a thread pool
-(reading and sha256 release the GIL, so both cores work) and holds one chunk of files in memory at
-a time (at most 64 files and 64 MB).
+(reading and sha256 release the GIL) that reads at most 64 files and 64 MB ahead of the writer,
+so memory stays bounded whatever the number of files.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 NAME_COLUMNS = ("image", "filename", "file", "image_name", "image_id", "name", "id", "path")
 LABEL_COLUMNS = ("label", "class", "category", "target", "class_name", "y")
 LISTING_COLUMNS = ["id", "name", "label", "split", "source", "path", "problem_rule", "problem"]
-PACK_CHUNK = 64  # files read at once...
-CHUNK_MB = 64  # ...and at most this many MB of them
+PACK_AHEAD = 64  # files read ahead of the writer...
+AHEAD_MB = 64  # ...and at most this many MB of them
 
 
 @dataclass
@@ -293,29 +293,36 @@ def _read(path: str, max_bytes: int) -> tuple[bytes | None, str, int, str]:
     return data, hashlib.sha256(data).hexdigest(), len(data), ""
 
 
-def _chunks(paths: list[tuple[int, str]], max_files: int, max_bytes: int) -> Iterator[list[tuple[int, str]]]:
-    """Consecutive groups of files whose sizes add up to at most ``max_bytes`` (one file at least)."""
-    chunk, total = [], 0
+def _read_ahead(
+    pool: ThreadPoolExecutor, paths: list[tuple[int, str]], max_bytes: int
+) -> Iterator[tuple[int, tuple[bytes | None, str, int, str]]]:
+    """``(i, _read(path))`` in listing order, the pool reading ahead by at most ``PACK_AHEAD`` files
+    and ``AHEAD_MB``: a sliding window, so no worker waits for a chunk's slowest file."""
+    pending: deque[tuple[int, Future, int]] = deque()
+    in_flight = 0
     for i, path in paths:
         try:
             size = os.stat(path).st_size
         except OSError:
             size = 0  # _read reports it
-        if chunk and (len(chunk) >= max_files or total + size > max_bytes):
-            yield chunk
-            chunk, total = [], 0
-        chunk.append((i, path))
-        total += size
-    if chunk:
-        yield chunk
+        size = size if size <= max_bytes else 0  # not read at all
+        while pending and (len(pending) >= PACK_AHEAD or in_flight + size > AHEAD_MB * 2**20):
+            j, future, held = pending.popleft()
+            in_flight -= held
+            yield j, future.result()
+        pending.append((i, pool.submit(_read, path, max_bytes), size))
+        in_flight += size
+    while pending:
+        j, future, _ = pending.popleft()
+        yield j, future.result()
 
 
 def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: int | None = None) -> pd.DataFrame:
     """Stream every listed file into ``blob_path``; return the manifest (offset and size of each file).
 
-    Files are read by a thread pool a chunk at a time, a chunk being at most ``PACK_CHUNK`` files
-    and ``CHUNK_MB`` (or one file up to ``max_pack_mb``): that bounds memory, whatever the dataset.
-    The blob is written in listing order, so it is the same bytes for any number of workers.
+    A thread pool reads at most ``PACK_AHEAD`` files and ``AHEAD_MB`` ahead of the writer (or one
+    file up to ``max_pack_mb``): that bounds memory, whatever the dataset. The blob is written in
+    listing order, so it is the same bytes for any number of workers.
     """
     rows = listing.rows.reset_index(drop=True)
     max_bytes = int(float(max_pack_mb) * 2**20)
@@ -333,18 +340,15 @@ def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: in
         tqdm(total=len(rows), desc="pack", unit="img", disable=None) as bar,
     ):
         bar.update(len(rows) - len(readable))
-        for chunk in _chunks(readable, PACK_CHUNK, CHUNK_MB * 2**20):
-            for (i, _), (data, sha, size, problem) in zip(
-                chunk, pool.map(lambda item: _read(item[1], max_bytes), chunk), strict=True
-            ):
-                file_bytes[i] = size
-                if problem:
-                    rules[i], problems[i] = ("file_size" if data is None and size else "readable"), problem
-                    continue
+        for i, (data, sha, size, problem) in _read_ahead(pool, readable, max_bytes):
+            file_bytes[i] = size
+            if problem:
+                rules[i], problems[i] = ("file_size" if data is None and size else "readable"), problem
+            else:
                 out.write(data)
                 offsets[i], sizes[i], hashes[i] = position, len(data), sha
                 position += len(data)
-            bar.update(len(chunk))
+            bar.update(1)
     return pd.DataFrame(
         {
             "id": rows["id"],

@@ -1,0 +1,144 @@
+"""Benchmark the own-images data stages: throughput on 1 vs all cores, and peak memory.
+
+    python benchmarks/own_images.py [--images 3000] [--size 640x480] [--repeats 3]
+
+Generates a class-folder dataset of photo-sized JPEGs in a temporary folder, then times ingest
+(list + stream-pack), validate (decode, inspect, pHash, rules) and preprocess (decode + resize to
+96 px) with 1 worker and with all cores, each in a fresh process so that its peak resident memory
+(the process and its workers) is measured alone. Prints a table of medians and writes it to
+reports/bench/own_images.{json,md} (not a DVC output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+PHASES = ("ingest", "validate", "preprocess")
+
+
+def generate(root: Path, count: int, width: int, height: int) -> int:
+    import numpy as np
+
+    from tests.photos import CLASSES, photo, save
+
+    rng = np.random.default_rng(0)
+    total = 0
+    for i in range(count):
+        label = CLASSES[i % len(CLASSES)]
+        total += save(root / label / f"{i:06d}.jpg", photo(label, rng, height, width)).stat().st_size
+    return total
+
+
+def run_phase(phase: str, source: str, out: str, workers: int) -> None:
+    """One phase in this process; prints seconds and peak RSS (MiB) of the process and its workers."""
+    from imgclf.ingest import ingest, read_ingested
+    from imgclf.paths import Layout
+    from imgclf.preprocess import write_split
+    from imgclf.validation import validate
+
+    layout = Layout(Path(out))
+    start = time.perf_counter()
+    if phase == "ingest":
+        ingest({"source": source, "workers": workers}, layout)
+    else:
+        reader, manifest, meta = read_ingested(layout)
+        if phase == "validate":
+            validate(manifest, reader, meta["class_names"], {"near_duplicate_distance": 4}, workers=workers)
+        else:
+            write_split(reader, reader.refs(manifest), Path(out) / "x.npy", 96, "rgb", workers=workers)
+    seconds = time.perf_counter() - start
+    peak_kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
+
+
+def measure(phase: str, source: Path, out: Path, workers: int) -> dict:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "IMGCLF_LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, __file__, "--phase", phase, "--source", str(source), "--work", str(out)]
+    result = subprocess.run([*cmd, "--workers", str(workers)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench")
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        run_phase(args.phase, args.source, args.work, args.workers)
+        return
+
+    width, height = (int(n) for n in args.size.split("x"))
+    cores = os.cpu_count() or 1
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="imgclf-own-bench-") as tmp:
+        source = Path(tmp) / "photos"
+        dataset_bytes = generate(source, args.images, width, height)
+        for workers in sorted({1, cores}):
+            runs = {phase: [] for phase in PHASES}
+            for repeat in range(args.repeats):
+                work = Path(tmp) / f"w{workers}-{repeat}"
+                for phase in PHASES:  # in order: each phase reads the previous one's output
+                    runs[phase].append(measure(phase, source, work, workers))
+            for phase in PHASES:
+                seconds = statistics.median(r["seconds"] for r in runs[phase])
+                rows.append(
+                    {
+                        "phase": phase,
+                        "workers": workers,
+                        "median_s": round(seconds, 2),
+                        "images_per_s": round(args.images / seconds, 1),
+                        "peak_mib": round(max(r["peak_mib"] for r in runs[phase]), 1),
+                    }
+                )
+    single = {r["phase"]: r["median_s"] for r in rows if r["workers"] == 1}
+    for row in rows:
+        row["speedup_vs_1"] = round(single[row["phase"]] / row["median_s"], 2)
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{os.uname().machine}, {cores} cores",
+        "images": args.images,
+        "size": args.size,
+        "dataset_mib": round(dataset_bytes / 2**20, 1),
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    lines = [
+        f"Own-images data stages, {args.images} JPEGs of {args.size} ({result['dataset_mib']} MiB), "
+        f"{result['machine']}, {result['date']}, median of {args.repeats}",
+        "",
+        "| phase | workers | median s | images/s | speed-up vs 1 | peak RSS MiB |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r['phase']} | {r['workers']} | {r['median_s']} | {r['images_per_s']} | {r['speedup_vs_1']} | {r['peak_mib']} |"
+            for r in rows
+        ],
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "own_images.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "own_images.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
