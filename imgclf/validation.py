@@ -67,7 +67,7 @@ def _inspect(reader: IngestedImages, ref: Ref, max_pixels: int, phash: bool) -> 
         channels = 1 if image.ndim == 2 else image.shape[2]
         info.update(format="array", height=image.shape[0], width=image.shape[1], mode="L" if channels == 1 else "RGB")
     else:
-        if ref.nbytes == 0 and ref.skip:
+        if ref.skip:
             return info  # ingest already said why (missing, outside the folder, too big)
         data = reader.raw(ref).tobytes()
         try:
