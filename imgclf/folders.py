@@ -65,8 +65,8 @@ def detect_layout(folder: Path) -> str:
 def list_folder(folder: str | Path, params: dict) -> Listing:
     # Resolved once: sources are relative to the real folder, however the user's path reached it,
     # so the manifest is the same bytes on every machine that mounts the data somewhere else.
+    layout = detect_layout(Path(folder).expanduser())  # errors name the path as the user wrote it
     folder = Path(folder).expanduser().resolve()
-    layout = detect_layout(folder)
     listing = _list_csv(folder, params) if layout == "csv" else _list_class_folders(folder, params)
     listing.rows = _limit(listing.rows, params.get("limit"))
     return listing
