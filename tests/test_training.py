@@ -49,6 +49,26 @@ def test_train_dataset_is_seeded_and_one_hot():
     np.testing.assert_array_equal(labels.argmax(1), a % 5)  # labels travel with their images
 
 
+def test_online_augmentation_flips_and_shifts_reproducibly_and_keeps_uint8():
+    assert training.online_augmentation({"horizontal_flip": False, "shift": 0}, 1) is None
+    x = np.zeros((64, 12, 12, 1), np.uint8)
+    x[:, :, :3] = 200  # a bright band on the left edge of every image
+    y = np.arange(64) % 4
+
+    def epoch(seed):
+        keras.utils.set_random_seed(seed)
+        augment = training.online_augmentation({"horizontal_flip": True, "shift": 0.1}, seed)
+        batches = training.train_dataset(x, y, 4, batch_size=16, seed=seed, augment=augment)
+        return np.concatenate([images.numpy() for images, _ in batches])
+
+    first, again = epoch(5), epoch(5)
+    assert first.dtype == np.uint8 and first.shape == x.shape
+    np.testing.assert_array_equal(first, again)  # seeded: the same draws on every run
+    band_right = first[:, :, -4:].mean(axis=(1, 2, 3)) > first[:, :, :4].mean(axis=(1, 2, 3))
+    assert 0.2 < band_right.mean() < 0.8  # about half the images flipped
+    assert (first != x).any(axis=(1, 2, 3)).mean() > 0.5  # and most moved
+
+
 def test_is_chief(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert training.is_chief()
