@@ -90,7 +90,8 @@ def _find_csv(directory: Path, configured: str | None, role: str) -> Path:
     return csvs[0]
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV as strings (no NaN), header names stripped; unreadable or empty files are one-line errors."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError as error:
@@ -101,7 +102,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def _column(table: pd.DataFrame, configured: str | None, candidates: tuple[str, ...]) -> str | None:
+def find_column(table: pd.DataFrame, configured: str | None, candidates: tuple[str, ...]) -> str | None:
+    """``configured`` if the table has it, else the first of ``candidates`` present (case-insensitive)."""
     if configured:
         return configured if configured in table.columns else None
     by_lower = {column.lower(): column for column in table.columns}
@@ -109,16 +111,16 @@ def _column(table: pd.DataFrame, configured: str | None, candidates: tuple[str, 
 
 
 def _csv_rows(folder: Path, csv_path: Path, split: str, params: dict, require_label: bool) -> pd.DataFrame:
-    table = _read_table(csv_path)
+    table = read_table(csv_path)
     settings = params.get("csv") or {}
-    image_column = _column(table, settings.get("image_column"), NAME_COLUMNS)
+    image_column = find_column(table, settings.get("image_column"), NAME_COLUMNS)
     if image_column is None:
         raise PipelineError(
             f"{csv_path} has no column of image names (looked for "
             f"{settings.get('image_column') or ', '.join(NAME_COLUMNS)}; columns are {', '.join(table.columns)}); "
             "set ingest.csv.image_column"
         )
-    label_column = _column(table, settings.get("label_column"), LABEL_COLUMNS)
+    label_column = find_column(table, settings.get("label_column"), LABEL_COLUMNS)
     if label_column is None and require_label:
         raise PipelineError(
             f"{csv_path} has no label column (looked for "

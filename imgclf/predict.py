@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.folders import NAME_COLUMNS
+from imgclf.folders import NAME_COLUMNS, find_column, read_table
 from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, resolve_inside
 from imgclf.io import PipelineError
 from imgclf.preprocess import prepare
@@ -37,19 +37,15 @@ def _inside(folder: Path, name: str) -> Item:
 
 
 def _from_csv(csv_path: Path, column: str | None) -> list[Item]:
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise PipelineError(f"{csv_path}: not a readable CSV ({error})") from error
-    if column is None:
-        column = next((c for c in table.columns if c.strip().lower() in NAME_COLUMNS), None)
-        if column is None:
-            raise PipelineError(
-                f"{csv_path}: no column of image names (looked for {', '.join(NAME_COLUMNS)}); set predict.csv_column"
-            )
-    elif column not in table.columns:
-        raise PipelineError(f"{csv_path}: no column {column!r}; columns are {', '.join(table.columns)}")
-    return [_inside(csv_path.parent, name.strip()) for name in table[column]]
+    table = read_table(csv_path)
+    found = find_column(table, column, NAME_COLUMNS)
+    if found is None:
+        looked_for = column or ", ".join(NAME_COLUMNS)
+        raise PipelineError(
+            f"{csv_path}: no column of image names (looked for {looked_for}; columns are {', '.join(table.columns)}); "
+            "set predict.csv_column"
+        )
+    return [_inside(csv_path.parent, name.strip()) for name in table[found]]
 
 
 def collect(inputs: list[str | Path], csv_column: str | None = None) -> list[Item]:
