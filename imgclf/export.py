@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.io import PipelineError, write_bytes
+from imgclf.metrics import is_significant_drop, paired_comparison
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,54 @@ def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None 
         return converter.convert()
     except Exception as error:  # the converter raises ConverterError and plain exceptions
         raise PipelineError(f"TFLite conversion of the {variant} variant failed: {error}".splitlines()[0]) from error
+
+
+def _layers(model) -> list:
+    """The model's layers, nested models' layers included."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(_layers(layer))
+    return found
+
+
+def keras_precision(model) -> str:
+    """The mixed-precision policy a model was built under ("mixed_float16", "mixed_bfloat16"), else "float32"."""
+    for layer in _layers(model):
+        if layer.dtype_policy.name.startswith("mixed_"):
+            return layer.dtype_policy.name
+    return "float32"
+
+
+def float32_copy(model):
+    """The same network and weights with every layer in float32; ``model`` itself when it already is.
+
+    A model trained under mixed precision (``train.mixed_precision``: mixed_float16 on a GPU,
+    mixed_bfloat16) computes in half precision, and its SavedModel carries float16/bfloat16 ops that
+    the TFLite converter cannot lower to built-in ops ("'tf.Mul' op is neither a custom op nor a
+    flex op"). Its variables are float32 all along, so rebuilding the architecture from its config
+    with every mixed policy set to float32 and copying the weights over gives the float32 graph
+    that TFLite expects, with the trained weights unchanged (the float16 variant still halves them).
+    """
+    if keras_precision(model) == "float32":
+        return model
+
+    def is_mixed(policy) -> bool:
+        if isinstance(policy, dict) and policy.get("class_name") == "DTypePolicy":
+            policy = policy.get("config", {}).get("name")
+        return isinstance(policy, str) and policy.startswith("mixed_")
+
+    def to_float32(node):
+        """The config with each layer's mixed ``dtype`` (a serialized DTypePolicy or its name) set to float32."""
+        if isinstance(node, dict):
+            return {key: "float32" if key == "dtype" and is_mixed(v) else to_float32(v) for key, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(value) for value in node]
+        return node
+
+    copy = type(model).from_config(to_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def export_all(model, variants: list[str], calibration: np.ndarray, layout: Layout) -> dict[str, Path]:
@@ -138,27 +187,42 @@ class TFLiteClassifier:
 
 
 def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.ndarray, latency_runs: int = 100) -> dict:
-    """Accuracy of the .tflite file itself, agreement with Keras' predictions, size and batch-1 latency."""
+    """Accuracy of the .tflite file itself, agreement with Keras' predictions, size and batch-1 latency,
+    and the accuracy drop against Keras with its uncertainty (see :func:`imgclf.metrics.paired_comparison`)."""
     classifier = TFLiteClassifier(path)
     predicted = classifier.predict(x_test).argmax(axis=1)
+    drop = paired_comparison(y_test, keras_pred, predicted)
     return {
         "file": path.name,
         "size_bytes": path.stat().st_size,
         "accuracy": round(float((predicted == y_test).mean()), 6),
         "agreement": round(float((predicted == keras_pred).mean()), 6),
         "latency_ms_p50": round(classifier.latency_ms(x_test, runs=latency_runs), 4),
+        "accuracy_drop": drop["accuracy_drop"],
+        "drop_ci95": drop["drop_ci95"],
+        "drop_p_value": drop["p_value"],
+        "images_lost": drop["lost"],
+        "images_gained": drop["gained"],
     }
 
 
-def accuracy_failures(report: dict, max_drop: float) -> list[str]:
-    """Variants whose accuracy falls more than ``max_drop`` below the Keras model's."""
-    keras_accuracy = report["keras_accuracy"]
-    return [
-        f"{name} accuracy {v['accuracy']:.4f} is {keras_accuracy - v['accuracy']:.4f} below Keras' "
-        f"{keras_accuracy:.4f} (export.max_accuracy_drop {max_drop})"
-        for name, v in report["variants"].items()
-        if keras_accuracy - v["accuracy"] > max_drop + 1e-12
-    ]
+def accuracy_failures(report: dict, max_drop: float, alpha: float) -> list[str]:
+    """Variants whose accuracy falls more than ``max_drop`` below the Keras model's, beyond noise.
+
+    On 27 test images one disagreement is 3.7 points, and McNemar's p = 0.5 says it is noise; on
+    10,000 a drop of 0.6 points comes with p far below ``alpha``. Both conditions must hold.
+    """
+    failures = []
+    for name, v in report["variants"].items():
+        comparison = {"accuracy_drop": v["accuracy_drop"], "p_value": v["drop_p_value"]}
+        if is_significant_drop(comparison, max_drop, alpha):
+            low, high = v["drop_ci95"]
+            failures.append(
+                f"{name} accuracy {v['accuracy']:.4f} is {v['accuracy_drop']:.4f} below Keras' "
+                f"{report['keras_accuracy']:.4f} on {report['test_samples']} images (95% CI {low:.4f}..{high:.4f}, "
+                f"McNemar p {v['drop_p_value']:.2g}; export.max_accuracy_drop {max_drop}, export.significance {alpha})"
+            )
+    return failures
 
 
 def model_card(preprocess_meta: dict, files: dict[str, Path]) -> dict:

@@ -5,10 +5,11 @@ class probabilities. Scaling, channel repetition and resizing are layers inside
 the model, so Keras, the exported .tflite files and any caller share one input
 contract.
 
-- ``simple_cnn``: the textbook Conv-BN-ReLU-MaxPool network.
-- ``resnet_small``: the default; a narrow pre-activation-free ResNet sized for the best
-  test accuracy per minute of CPU training on 28x28 images.
-- ``mobilenet_v2``, ``efficientnet_b0``: ``keras.applications`` bases for transfer learning.
+- ``simple_cnn``: the default; Conv-BN-ReLU-MaxPool blocks (three in params.yaml).
+- ``resnet_small``: a narrow ResNet without pre-activation.
+- ``mobilenet_v2``, ``efficientnet_b0``: ``keras.applications`` bases for transfer learning, from
+  ImageNet weights (online) or from a weights file: :func:`save_base_weights` writes one from a
+  model this pipeline trained, so a base trained on one dataset can be fine-tuned on another offline.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def transfer(name: str, input_shape, num_classes: int, params: dict) -> keras.Mo
 
 def unfreeze_top(model: keras.Model, count: int) -> int:
     """Make the top ``count`` layers of the transfer base trainable (BatchNorm layers stay frozen)."""
-    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    base = transfer_base(model)
     base.trainable = True
     trainable = 0
     for index, layer in enumerate(base.layers):
@@ -169,3 +170,50 @@ def is_pretrained_transfer(name: str, params: dict) -> bool:
         return False
     section = {**(params.get("transfer") or {}), **(params.get(name) or {})}
     return _application_weights(section.get("weights")) is not None
+
+
+def transfer_base(model: keras.Model) -> keras.Model:
+    """The ``keras.applications`` base inside a transfer model built by :func:`transfer`."""
+    bases = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if not bases:
+        raise PipelineError(
+            f"model {model.name!r} has no transfer base (train.model must be one of {', '.join(APPLICATIONS)})"
+        )
+    return bases[0]
+
+
+def save_base_weights(model_path: str | Path, weights_path: str | Path) -> Path:
+    """Write the base of a trained transfer model as a ``.weights.h5`` file for ``train.transfer.weights``."""
+    from imgclf.io import atomic_path
+
+    weights_path = Path(weights_path)
+    if not weights_path.name.endswith(".weights.h5"):
+        raise PipelineError(f"{weights_path}: Keras weights files must end in .weights.h5")
+    model = keras.models.load_model(model_path, compile=False)
+    with atomic_path(weights_path) as tmp:
+        transfer_base(model).save_weights(tmp)
+    return weights_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m imgclf.models base-weights models/model.keras base.weights.h5``"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m imgclf.models", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    base = commands.add_parser("base-weights", help="save a trained transfer model's base for train.transfer.weights")
+    base.add_argument("model", help="a .keras model trained with train.model: mobilenet_v2 or efficientnet_b0")
+    base.add_argument("weights", help="the .weights.h5 file to write")
+    args = parser.parse_args(argv)
+    try:
+        path = save_base_weights(args.model, args.weights)
+    except (PipelineError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}: set train.transfer.weights to it (and train.model to the same base)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

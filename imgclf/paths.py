@@ -132,6 +132,11 @@ class Layout:
         return self.train_reports / "history.csv"
 
     @property
+    def train_plan(self) -> Path:
+        """The training plan: batch size, epochs and the rest as chosen for this data, with reasons."""
+        return self.train_reports / "plan.json"
+
+    @property
     def train_backup(self) -> Path:
         """BackupAndRestore's state: outside DVC outputs so a killed run can resume."""
         return self.root / ".cache" / "train_backup"
@@ -148,6 +153,11 @@ class Layout:
     @property
     def predictions(self) -> Path:
         return self.eval_reports / "predictions.csv"
+
+    @property
+    def eval_summary(self) -> Path:
+        """The evaluation in words: test size, accuracy beside the baseline's, the training plan's warnings."""
+        return self.eval_reports / "summary.md"
 
     # export-tflite
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -24,6 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from imgclf.io import PipelineError, atomic_path
+from imgclf.plan import TrainingPlan
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -91,7 +91,9 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored over several GPUs, else the default."""
+    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored over several GPUs (or, without a GPU, over
+    several logical CPU devices, as a test sets up with ``tf.config.set_logical_device_configuration``),
+    else the default strategy."""
     if os.environ.get("TF_CONFIG"):
         log.info("TF_CONFIG set: MultiWorkerMirroredStrategy")
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -99,8 +101,23 @@ def distribution_strategy() -> tf.distribute.Strategy:
     if len(gpus) > 1:
         log.info("%d GPUs: MirroredStrategy", len(gpus))
         return tf.distribute.MirroredStrategy()
+    cpus = [] if gpus else tf.config.list_logical_devices("CPU")
+    if len(cpus) > 1:
+        log.info("%d logical CPU devices: MirroredStrategy", len(cpus))
+        return tf.distribute.MirroredStrategy([device.name for device in cpus])
     log.info("device: %s", "GPU" if gpus else "CPU")
     return tf.distribute.get_strategy()
+
+
+def describe_setup(strategy: tf.distribute.Strategy, policy) -> str:
+    """One line for the log and the ``training_setup`` MLflow tag: strategy, its devices, precision."""
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list: it runs where TensorFlow places ops
+        devices = [(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name]
+    name = getattr(policy, "name", policy)
+    count = f"{len(devices)} device{'s' if len(devices) != 1 else ''}"
+    return f"{type(strategy).__name__.lstrip('_')} on {count} ({', '.join(devices)}), precision {name}"
 
 
 def is_chief() -> bool:
@@ -115,28 +132,30 @@ def is_chief() -> bool:
 
 
 def set_precision(mode: str) -> str:
-    """``train.mixed_precision``: auto (mixed_float16 on a GPU), on, or off."""
-    if mode not in ("auto", "on", "off", True, False):
-        raise PipelineError(f"train.mixed_precision must be auto, on or off, got {mode!r}")
+    """``train.mixed_precision``: auto (mixed_float16 on a GPU), on (mixed_float16), off (float32), or
+    bf16 (mixed_bfloat16: for CPUs with bfloat16 instructions and TPUs; no loss scaling needed)."""
+    if mode not in ("auto", "on", "off", "bf16", True, False):
+        raise PipelineError(f"train.mixed_precision must be auto, on, off or bf16, got {mode!r}")
     use = mode in ("on", True) or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
-    policy = "mixed_float16" if use else "float32"
+    policy = "mixed_bfloat16" if mode == "bf16" else "mixed_float16" if use else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
 
-def learning_rate(params: dict, steps_per_epoch: int, epochs: int, base_lr: float | None = None):
-    """A float for constant and reduce-on-plateau, a CosineDecay (with linear warmup) for cosine."""
+def learning_rate(params: dict, total_steps: int, base_lr: float | None = None):
+    """A float for constant and reduce-on-plateau, a CosineDecay over ``total_steps`` (with a linear
+    warmup over ``warmup_fraction`` of them) for cosine."""
     lr = float(base_lr if base_lr is not None else params["learning_rate"])
-    schedule = params.get("schedule", "constant")
+    schedule = params["schedule"]
     if schedule in ("constant", "plateau"):
         return lr
     if schedule == "cosine":
-        warmup_steps = int(float(params.get("warmup_epochs", 0)) * steps_per_epoch)
-        decay_steps = max(1, epochs * steps_per_epoch - warmup_steps)
+        warmup_steps = int(float(params["warmup_fraction"]) * total_steps)
+        decay_steps = max(1, total_steps - warmup_steps)
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=lr / 10 if warmup_steps else lr,
             decay_steps=decay_steps,
-            alpha=float(params.get("min_lr_fraction", 0.0)),
+            alpha=float(params["min_lr_fraction"]),
             warmup_target=lr if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
@@ -231,12 +250,12 @@ def backup_key(params: dict, data_hash: str) -> str:
 
 
 def callbacks(
-    params: dict, backup_dir: Path, history_path: Path, epoch_logger: EpochLogger, extra=()
+    params: dict, patience: int, backup_dir: Path, history_path: Path, epoch_logger: EpochLogger, extra=()
 ) -> list[keras.callbacks.Callback]:
+    """``patience`` 0 turns early stopping off (the plan's choice for a tiny validation split)."""
     # Order matters for a kill between callbacks: epoch logs are written before the backup is, so a
     # kill can repeat an epoch's row (read_history keeps the last) but never lose one.
     result = [epoch_logger, keras.callbacks.CSVLogger(str(history_path), append=True), *extra]
-    patience = params.get("early_stopping_patience")
     if patience:
         best_path = backup_dir.parent / f"{backup_dir.name}.best.npz"
         result.append(ResumableEarlyStopping(best_path, history_path, int(patience)))
@@ -244,8 +263,8 @@ def callbacks(
         result.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss",
-                factor=float(params.get("plateau_factor", 0.5)),
-                patience=int(params.get("plateau_patience", 2)),
+                factor=float(params["plateau_factor"]),
+                patience=int(params["plateau_patience"]),
             )
         )
     return [*result, keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True)]
@@ -263,10 +282,6 @@ def clear_backup(backup_root: Path, keep: str | None = None) -> None:
         for child in backup_root.iterdir():
             if child.name != keep:
                 shutil.rmtree(child, ignore_errors=True)
-
-
-def steps(n: int, batch_size: int) -> int:
-    return max(1, math.ceil(n / batch_size))
 
 
 def load_train_data(layout, use_augmented: bool = True) -> TrainData:
@@ -299,9 +314,15 @@ def data_hash(data: TrainData) -> str:
 
 
 def fit(
-    model: keras.Model, data: TrainData, params: dict, run_dir: Path, history_path: Path, extra_callbacks=()
+    model: keras.Model,
+    data: TrainData,
+    params: dict,
+    plan: TrainingPlan,
+    run_dir: Path,
+    history_path: Path,
+    extra_callbacks=(),
 ) -> EpochLogger:
-    """Train ``model`` (already compiled for phase 1); resumable via ``run_dir``.
+    """Train ``model`` (already compiled for phase 1) as ``plan`` says; resumable via ``run_dir``.
 
     Pretrained transfer models run two phases: the head on the frozen base for
     ``transfer.frozen_epochs``, then the top ``transfer.fine_tune_layers`` layers unfrozen at
@@ -310,7 +331,7 @@ def fit(
     from imgclf.models import is_pretrained_transfer, unfreeze_top
 
     num_classes = len(data.class_names)
-    batch_size, epochs, seed = int(params["batch_size"]), int(params["epochs"]), int(params["seed"])
+    batch_size, epochs, seed = plan.batch_size, plan.epochs, int(params["seed"])
     augment = online_augmentation(params.get("online_augment"), seed)
     train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed, augment)
     val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
@@ -332,7 +353,7 @@ def fit(
             lr = float(params["learning_rate"]) * float(transfer.get("fine_tune_lr_factor", 0.1))
             with model.distribute_strategy.scope():  # the new optimizer must belong to the model's strategy
                 count = unfreeze_top(model, int(transfer.get("fine_tune_layers", 20)))
-                schedule = learning_rate(params, steps(len(data.x_train), batch_size), last - first, lr)
+                schedule = learning_rate(params, plan.steps_per_epoch * (last - first), lr)
                 compile_model(model, params, schedule)
             log.info("fine-tuning: %d base layers unfrozen, learning rate %.2g", count, lr)
         if last > first:
@@ -341,8 +362,11 @@ def fit(
                 validation_data=val,
                 initial_epoch=first,
                 epochs=last,
-                callbacks=callbacks(params, run_dir / name, history_path, epoch_logger, extra_callbacks),
+                callbacks=callbacks(
+                    params, plan.early_stopping_patience, run_dir / name, history_path, epoch_logger, extra_callbacks
+                ),
                 verbose=verbose,
+                shuffle=False,  # the dataset shuffles itself (seeded); Keras would only warn about it
             )
         if len(phases) > 1:
             with atomic_path(done_marker) as tmp:

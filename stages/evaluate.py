@@ -8,9 +8,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from imgclf import figures, tracking
-from imgclf.io import PipelineError, describe, load_params, read_json, read_npy, run_stage, write_csv, write_json
-from imgclf.metrics import classification_metrics
+from imgclf import baseline, figures, tracking
+from imgclf.io import (
+    PipelineError,
+    describe,
+    load_params,
+    read_json,
+    read_npy,
+    run_stage,
+    write_csv,
+    write_json,
+    write_text,
+)
+from imgclf.metrics import classification_metrics, evaluation_summary
 from imgclf.paths import layout
 
 log = logging.getLogger("imgclf.evaluate")
@@ -30,8 +40,12 @@ def main() -> None:
     log.info("predicted %d test images", len(x))
 
     metrics = classification_metrics(y, proba, class_names, top_k=int(params.get("top_k", 3)))
-    write_json(paths.metrics, {"test": metrics})
     predicted = proba.argmax(axis=1)
+    fit_parts = [(read_npy(paths.preprocessed_x(s)), read_npy(paths.preprocessed_y(s))) for s in ("train", "val")]
+    versus = baseline.evaluate(fit_parts, x, y, predicted, class_names, params["baseline"])
+    write_json(paths.metrics, {"test": metrics, "baseline": versus})
+    plan = read_json(paths.train_plan) if paths.train_plan.exists() else None
+    write_text(paths.eval_summary, evaluation_summary(metrics, versus, plan))
     names = np.asarray(class_names)
     write_csv(paths.predictions, pd.DataFrame({"actual": names[y], "predicted": names[predicted]}))
 
@@ -48,11 +62,28 @@ def main() -> None:
     with tracking.training_run(paths):
         scalars = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, int | float) and v is not None}
         mlflow.log_metrics(scalars)
+        mlflow.log_metrics({f"baseline_{k}": versus[k] for k in ("accuracy", "macro_f1", "network_minus_baseline")})
+        mlflow.set_tag("network_below_baseline", str(versus["network_below_baseline"]).lower())
         mlflow.log_artifact(str(paths.metrics), "eval")
         mlflow.log_artifacts(str(out), "eval")
-    log.info("test accuracy %.4f, macro F1 %.4f", metrics["accuracy"], metrics["macro_f1"])
-    for path in (paths.metrics, paths.predictions, *sorted(out.glob("*.png"))):
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f on %d images; baseline (%s) %.4f",
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["samples"],
+        versus["model"],
+        versus["accuracy"],
+    )
+    for path in (paths.metrics, paths.predictions, paths.eval_summary, *sorted(out.glob("*.png"))):
         log.info("wrote %s", describe(path))
+    if versus["network_below_baseline"]:
+        message = (
+            f"THE NETWORK IS BELOW THE BASELINE: test accuracy {metrics['accuracy']:.4f} < {versus['accuracy']:.4f} "
+            f"for {versus['model']} (see reports/eval/summary.md)"
+        )
+        if params["baseline"]["fail_below"]:
+            raise PipelineError(message + "; evaluate.baseline.fail_below is true")
+        log.warning(message)
 
 
 if __name__ == "__main__":

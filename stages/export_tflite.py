@@ -27,11 +27,12 @@ def main() -> None:
         read_npy(paths.preprocessed_x("train")), int(params["calibration_samples"]), int(params["seed"])
     )
     variants = list(params["variants"])
-    files = export.export_all(model, variants, calibration, paths)
+    files = export.export_all(export.float32_copy(model), variants, calibration, paths)  # TFLite needs float32
 
     keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)
     report = {
         "keras_accuracy": round(float((keras_pred == y_test).mean()), 6),
+        "keras_precision": export.keras_precision(model),
         "test_samples": len(y_test),
         "variants": {},
     }
@@ -49,8 +50,9 @@ def main() -> None:
         mlflow.log_artifact(str(paths.labels), "tflite")
         mlflow.log_artifact(str(paths.export_report), "tflite")
         for variant, result in report["variants"].items():
-            mlflow.log_metrics({f"tflite_{variant}_{k}": v for k, v in result.items() if k != "file"})
-    failures = export.accuracy_failures(report, float(params["max_accuracy_drop"]))
+            numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}
+            mlflow.log_metrics({f"tflite_{variant}_{k}": v for k, v in numbers.items()})
+    failures = export.accuracy_failures(report, float(params["max_accuracy_drop"]), float(params["significance"]))
     if failures:
         raise PipelineError(f"{len(failures)} variant(s) lost too much accuracy: {'; '.join(failures)}")
     for path in (*files.values(), paths.labels, paths.export_report):

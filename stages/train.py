@@ -12,11 +12,29 @@ import mlflow
 import numpy as np
 
 from imgclf import tracking, training
-from imgclf.io import atomic_path, describe, load_params, run_stage, write_csv
+from imgclf.io import atomic_path, describe, load_params, run_stage, write_csv, write_json
 from imgclf.models import build_model
 from imgclf.paths import layout
+from imgclf.plan import TrainingPlan, plan_training
 
 log = logging.getLogger("imgclf.train")
+
+
+def log_plan(plan: TrainingPlan) -> None:
+    """The automatic choices in a few lines, so a user sees what was decided and why."""
+    log.info(
+        "plan: batch %d, %d steps per epoch, %d epochs, %d steps in all, warmup %d steps, early stopping %s",
+        plan.batch_size,
+        plan.steps_per_epoch,
+        plan.epochs,
+        plan.total_steps,
+        plan.warmup_steps,
+        f"patience {plan.early_stopping_patience}" if plan.early_stopping_patience else "off",
+    )
+    for key, reason in plan.reasons.items():
+        log.info("plan: %s = %s", key, reason)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
 
 
 def main() -> None:
@@ -25,6 +43,8 @@ def main() -> None:
     keras.utils.set_random_seed(int(params["seed"]))
     data = training.load_train_data(paths, bool(params.get("use_augmented", True)))
     log.info("training on %d images (%s), validating on %d", len(data.x_train), data.x_train.shape[1:], len(data.x_val))
+    plan = plan_training(params, len(data.x_train), data.y_val, len(data.class_names))
+    log_plan(plan)
     precision = training.set_precision(params.get("mixed_precision", "auto"))
     strategy = training.distribution_strategy()
     chief = training.is_chief()
@@ -37,10 +57,10 @@ def main() -> None:
 
     with strategy.scope():
         model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
-        steps_per_epoch = training.steps(len(data.x_train), int(params["batch_size"]))
-        lr = training.learning_rate(params, steps_per_epoch, int(params["epochs"]))
+        lr = training.learning_rate(params, plan.total_steps)
         training.compile_model(model, params, lr)
-    log.info("model %s: %d parameters, precision %s", model.name, model.count_params(), precision)
+    setup = training.describe_setup(strategy, precision)
+    log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
 
     experiment_id = tracking.configure(paths.root, params.get("experiment_name", "imgclf"))
     run_id_file = run_dir / "mlflow_run_id"
@@ -48,17 +68,19 @@ def main() -> None:
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, log_system_metrics=False) as run:
         run_id_file.write_text(run.info.run_id)
         if run_id is None:
-            mlflow.log_params(tracking.flatten(all_params))
-            mlflow.set_tags(tracking.run_tags(paths.root, data_hash, params["model"]))
+            mlflow.log_params(tracking.flatten(all_params) | plan.mlflow_params())
+            mlflow.set_tags({**tracking.run_tags(paths.root, data_hash, params["model"]), "training_setup": setup})
         else:
             log.info("continuing MLflow run %s", run.info.run_id)
         extra = [tracking.EpochMetrics(log_setup=run_id is None)] if chief else []
-        epochs = training.fit(model, data, params, run_dir, history_tmp, extra)
+        epochs = training.fit(model, data, params, plan, run_dir, history_tmp, extra)
         if not chief:
             return
 
         history = training.read_history(history_tmp)
         write_csv(paths.history, history)
+        write_json(paths.train_plan, plan.as_dict())
+        mlflow.log_artifact(str(paths.train_plan), "train")
         with atomic_path(paths.model) as tmp:
             model.save(tmp)
         info = tracking.log_keras_model(model, np.asarray(data.x_val[:4]), params.get("registered_model_name"))
@@ -72,7 +94,7 @@ def main() -> None:
         tracking.write_run_info(paths, mlflow.get_run(run.info.run_id), registered)
     training.clear_backup(paths.train_backup)  # finished: nothing left to resume
     log.info("epochs run: %d, best val_loss %.4f", len(history), history["val_loss"].min())
-    for path in (paths.model, paths.history, paths.run_info):
+    for path in (paths.model, paths.history, paths.train_plan, paths.run_info):
         log.info("wrote %s", describe(path))
 
 

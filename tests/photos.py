@@ -2,10 +2,16 @@
 
 Three classes a small CNN can tell apart (a disc, a square, a triangle) drawn in random colours
 over noisy gradient backgrounds, at varied sizes, saved as JPEG and PNG.
+
+And real photographs (:func:`photo_set`): random crops of the pictures bundled with scikit-image,
+one picture per class, in the CSV and class-folder layouts, with broken files and unlabelled
+images on request (benchmarks/photo_sets.py).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -74,4 +80,186 @@ def class_folder_dataset(root: Path, per_class: int, test_per_class: int = 0, se
         for label in CLASSES:
             for i in range(count):
                 save(root / split / label / f"{label}_{i:03d}.{'jpg' if i % 2 else 'png'}", random_photo(label, rng))
+    return root
+
+
+# --- real photographs: small datasets cut from scikit-image's bundled pictures ---------------------
+
+# skimage.data pictures that ship inside the scikit-image wheel (no download), one class each:
+# colour photographs first, then grayscale ones (converted to RGB). Left out: cat (the same photo
+# as chelsea), horse (a binary silhouette), microaneurysms (102 px), logo, colorwheel and the
+# synthetic ones, and eagle, brain, kidney, lily, skin, cells3d (downloaded on first use).
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "camera",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "page",
+    "text",
+    "cell",
+)
+PHOTO_LAYOUTS = ("csv", "folders_with_test", "folders")
+MIN_SIDE, MAX_SIDE = 200, 400  # output width and height, each drawn in this range
+CROP_FRACTION = (0.35, 0.8)  # crop edge, as a fraction of the source's shorter side
+
+
+def skimage_classes(count: int) -> list[str]:
+    """``count`` distinct photographs, named by their ``skimage.data`` function (colour ones first)."""
+    if not 1 <= count <= len(SKIMAGE_PHOTOS):
+        raise ValueError(f"between 1 and {len(SKIMAGE_PHOTOS)} classes, not {count}")
+    return list(SKIMAGE_PHOTOS[:count])
+
+
+@functools.cache
+def skimage_photo(name: str) -> np.ndarray:
+    """The photograph ``skimage.data.<name>()`` as RGB uint8, its longer side at most 1024 px."""
+    import skimage.data
+
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.dtype != np.uint8:
+        raise ValueError(f"skimage.data.{name} is {image.dtype}, not a uint8 photograph")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = np.ascontiguousarray(image[:, :, :3])
+    scale = 1024 / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    image.flags.writeable = False
+    return image
+
+
+def photo_crop(name: str, rng: np.random.Generator) -> np.ndarray:
+    """A random view of one photograph: crop, flip, brightness/contrast, resize to 200-400 px a side.
+
+    The crop's shorter edge is 35-80% of the photograph's shorter side, placed anywhere; its
+    aspect ratio is the output's (up to the photograph's bounds), so the content is barely stretched.
+    """
+    source = skimage_photo(name)
+    height, width = source.shape[:2]
+    out_h, out_w = (int(n) for n in rng.integers(MIN_SIDE, MAX_SIDE + 1, 2))
+    short = rng.uniform(*CROP_FRACTION) * min(height, width)
+    crop_h = min(height, round(short * max(1.0, out_h / out_w)))
+    crop_w = min(width, round(short * max(1.0, out_w / out_h)))
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    image = source[top : top + crop_h, left : left + crop_w]
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-20, 20)
+    image = np.clip((image.astype(np.float32) - 128) * contrast + 128 + brightness, 0, 255).astype(np.uint8)
+    shrink = out_h * out_w < crop_h * crop_w
+    return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def _save_varied(path: Path, image: np.ndarray, rng: np.random.Generator) -> Path:
+    """JPEG at quality 60-95 (three times in four) or PNG; the suffix says which."""
+    if rng.random() < 0.25:
+        return save(path.with_suffix(".png"), image)
+    return save(path.with_suffix(".jpg"), image, quality=int(rng.integers(60, 96)))
+
+
+def _save_broken(path: Path, rng: np.random.Generator, name: str) -> Path:
+    """A JPEG cut off after 10-60% of its bytes: a file validate must quarantine as unreadable."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(photo_crop(name, rng), cv2.COLOR_RGB2BGR))
+    assert ok
+    data = encoded.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: int(len(data) * rng.uniform(0.1, 0.6))])
+    return path
+
+
+def truth_path(root: Path) -> Path:
+    """Where :func:`photo_set` writes the true labels of the unlabelled images (beside ``root``)."""
+    root = Path(root)
+    return root.parent / f"{root.name}_truth.csv"
+
+
+def photo_set(
+    root: Path,
+    layout: str,
+    classes: int | Sequence[str],
+    per_class: int,
+    test_per_class: int = 0,
+    unlabelled: int = 0,
+    broken: int = 0,
+    seed: int = 0,
+) -> Path:
+    """A dataset of random crops of real photographs (one photograph per class) in one of the layouts.
+
+    - ``csv``: train/labels.csv (image,label) + train/images/; with ``unlabelled``, test/test.csv
+      (names only: the predict split) + test/images/; with ``test_per_class``, a labelled test.csv
+      instead (the two exclude each other: ingest reads one test CSV).
+    - ``folders_with_test``: train/<class>/, test/<class>/ (``test_per_class``), and the unlabelled
+      images as loose files in test/ (the predict split).
+    - ``folders``: flat <class>/ folders (preprocess carves the test split); no test or unlabelled images.
+
+    ``classes`` is a list of :data:`SKIMAGE_PHOTOS` names or a count (:func:`skimage_classes`).
+    ``broken`` truncated JPEGs go into the labelled training data (listed in labels.csv), spread over
+    the classes. The unlabelled images cover the classes evenly, in a shuffled order; their true
+    labels go to :func:`truth_path` (image,label; ``image`` as the predict stage names it), outside
+    the dataset. Same arguments, same bytes.
+    """
+    if layout not in PHOTO_LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(PHOTO_LAYOUTS)}, not {layout!r}")
+    classes = skimage_classes(classes) if isinstance(classes, int) else list(classes)
+    unknown = sorted(set(classes) - set(SKIMAGE_PHOTOS))
+    if unknown or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct names from SKIMAGE_PHOTOS; got {classes}")
+    if layout == "folders" and (test_per_class or unlabelled):
+        raise ValueError("the flat 'folders' layout has no test split and no unlabelled images")
+    if layout == "csv" and test_per_class and unlabelled:
+        raise ValueError("the csv layout has one test CSV: labelled (test_per_class) or not (unlabelled)")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    train_dir = {"csv": root / "train", "folders_with_test": root / "train", "folders": root}[layout]
+    test_dir = root / "test"
+
+    def labelled(folder: Path, count: int, bad: int = 0) -> list[tuple[str, str]]:
+        """``count`` images a class (interleaved), ``bad`` of them broken; (name, label) rows."""
+        rows = []
+        broken_at = set(rng.choice(count * len(classes), size=bad, replace=False).tolist()) if bad else set()
+        for i in range(count * len(classes)):
+            label = classes[i % len(classes)]
+            if layout == "csv":
+                path = folder / "images" / f"{i:04d}.jpg"
+            else:
+                path = folder / label / f"{label}_{i // len(classes):03d}.jpg"
+            if i in broken_at:
+                path = _save_broken(path, rng, label)
+            else:
+                path = _save_varied(path, photo_crop(label, rng), rng)
+            rows.append((path.name, label))
+        return rows
+
+    def write_csv(path: Path, header: str, rows: list[tuple[str, ...]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([header, *(",".join(row) for row in rows)]) + "\n")
+
+    train_rows = labelled(train_dir, per_class, broken)
+    if layout == "csv":
+        write_csv(train_dir / "labels.csv", "image,label", train_rows)
+    if test_per_class:
+        test_rows = labelled(test_dir, test_per_class)
+        if layout == "csv":
+            write_csv(test_dir / "test.csv", "image,label", test_rows)
+    if unlabelled:
+        truth = []
+        labels = rng.permutation([classes[i % len(classes)] for i in range(unlabelled)])  # balanced, shuffled
+        for i, label in enumerate(labels.tolist()):
+            folder = test_dir / "images" if layout == "csv" else test_dir
+            path = _save_varied(folder / f"new_{i:03d}.jpg", photo_crop(label, rng), rng)
+            truth.append((path.name if layout == "csv" else path.relative_to(root).as_posix(), label))
+        if layout == "csv":
+            write_csv(test_dir / "test.csv", "image", [(name,) for name, _ in truth])
+        write_csv(truth_path(root), "image,label", truth)
     return root

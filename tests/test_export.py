@@ -61,9 +61,42 @@ def test_verify_reports_accuracy_agreement_and_latency(small_model, exported):
     result = export.verify(exported["float32"], x[:300], y, y, latency_runs=5)
     assert result["accuracy"] == result["agreement"] == 1.0
     assert result["size_bytes"] > 0 and result["latency_ms_p50"] > 0
-    report = {"keras_accuracy": 0.9, "variants": {"int8": {"accuracy": 0.89}, "float32": {"accuracy": 0.9}}}
-    assert export.accuracy_failures(report, 0.005)[0].startswith("int8 accuracy 0.8900 is 0.0100 below")
-    assert export.accuracy_failures(report, 0.02) == []
+    assert result["accuracy_drop"] == 0 and result["drop_p_value"] == 1.0
+
+
+def _gate_report(y, keras_pred, variant_pred):
+    from imgclf.metrics import paired_comparison
+
+    drop = paired_comparison(y, keras_pred, variant_pred)
+    variant = {
+        "accuracy": float((variant_pred == y).mean()),
+        "accuracy_drop": drop["accuracy_drop"],
+        "drop_ci95": drop["drop_ci95"],
+        "drop_p_value": drop["p_value"],
+    }
+    return {"keras_accuracy": float((keras_pred == y).mean()), "test_samples": len(y), "variants": {"int8": variant}}
+
+
+def test_the_gate_forgives_one_image_in_27_but_not_a_real_drop_on_10000():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, 27)
+    keras_pred = y.copy()
+    int8_pred = keras_pred.copy()
+    int8_pred[3] = (y[3] + 1) % 6  # one disagreement: 3.7 points on 27 images
+    assert export.accuracy_failures(_gate_report(y, keras_pred, int8_pred), 0.005, 0.05) == []
+
+    y = rng.integers(0, 10, 10_000)
+    keras_pred = np.where(rng.random(10_000) < 0.93, y, (y + 1) % 10)
+    int8_pred = keras_pred.copy()
+    right = np.flatnonzero(keras_pred == y)
+    int8_pred[right[:80]] = (y[right[:80]] + 2) % 10  # 80 lost ...
+    wrong = np.flatnonzero(keras_pred != y)
+    int8_pred[wrong[:20]] = y[wrong[:20]]  # ... 20 gained: a drop of 0.006
+    failures = export.accuracy_failures(_gate_report(y, keras_pred, int8_pred), 0.005, 0.05)
+    assert len(failures) == 1 and failures[0].startswith("int8 accuracy")
+    assert "0.0060 below" in failures[0] and "10000 images" in failures[0] and "95% CI" in failures[0]
+    # the same drop within the allowed size passes, however significant
+    assert export.accuracy_failures(_gate_report(y, keras_pred, int8_pred), 0.01, 0.05) == []
 
 
 def test_predict_on_a_folder_with_a_csv_and_a_corrupt_image(tmp_path, small_model, exported):

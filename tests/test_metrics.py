@@ -53,3 +53,18 @@ def test_auc_is_null_when_a_class_is_missing_from_the_test_split():
     result = classification_metrics(np.array([0, 1, 1]), PROBA[:3], CLASSES)
     assert result["roc_auc_macro"] is None
     assert result["per_class"]["bird"]["support"] == 0
+
+
+def test_paired_comparison_counts_lost_and_gained_images():
+    from imgclf.metrics import paired_comparison
+
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    reference = np.array([0, 1, 2, 0, 1, 2, 1, 1])  # 7 right
+    other = np.array([0, 1, 0, 0, 2, 2, 0, 1])  # loses two, gains one: 6 right
+    result = paired_comparison(y, reference, other)
+    assert (result["lost"], result["gained"], result["samples"]) == (2, 1, 8)
+    assert result["accuracy_drop"] == pytest.approx(1 / 8)
+    assert result["p_value"] == pytest.approx(0.5)  # P(X >= 2) for X ~ Binomial(3, 1/2)
+    low, high = result["drop_ci95"]
+    assert low < 0 < result["accuracy_drop"] < high  # eight images cannot tell
+    assert paired_comparison(y, reference, reference)["p_value"] == 1.0

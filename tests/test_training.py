@@ -6,21 +6,24 @@ import pandas as pd
 import pytest
 
 from imgclf import training
-from imgclf.io import PipelineError
+from imgclf.io import PipelineError, load_params
 from imgclf.models import build_model
+from imgclf.paths import REPO_ROOT
+from imgclf.plan import plan_training
 
-BASE = {"learning_rate": 0.01, "batch_size": 32, "epochs": 4, "seed": 1, "model": "simple_cnn"}
+SHIPPED = load_params("train", REPO_ROOT / "params.yaml")
+BASE = {**SHIPPED, "learning_rate": 0.01, "batch_size": 32, "epochs": 4, "seed": 1, "model": "simple_cnn"}
 
 
 def test_cosine_schedule_warms_up_then_decays():
-    schedule = training.learning_rate({**BASE, "schedule": "cosine", "warmup_epochs": 1}, steps_per_epoch=10, epochs=4)
+    schedule = training.learning_rate({**BASE, "schedule": "cosine", "warmup_fraction": 0.25}, total_steps=40)
     values = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
     assert values[0] == pytest.approx(0.001)
     assert values[0] < values[1] < values[2] == pytest.approx(0.01)
     assert values[2] > values[3] > values[4] >= 0
-    assert training.learning_rate({**BASE, "schedule": "constant"}, 10, 4) == 0.01
+    assert training.learning_rate({**BASE, "schedule": "constant"}, 40) == 0.01
     with pytest.raises(PipelineError, match="schedule"):
-        training.learning_rate({**BASE, "schedule": "exp"}, 10, 4)
+        training.learning_rate({**BASE, "schedule": "exp"}, 40)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
@@ -106,7 +109,8 @@ def test_pretrained_transfer_trains_in_two_phases_with_continuous_epochs(tmp_pat
     model = build_model("mobilenet_v2", x.shape[1:], 10, {"transfer": params["transfer"]})
     training.compile_model(model, params, 0.01)
     history_path = tmp_path / "history.csv"
-    training.fit(model, data, params, tmp_path / "run", history_path)
+    plan = plan_training(params, len(data.x_train), data.y_val, 10)
+    training.fit(model, data, params, plan, tmp_path / "run", history_path)
     assert training.read_history(history_path)["epoch"].tolist() == [0, 1, 2]
     assert (tmp_path / "run" / "frozen.done.weights.h5").exists()
 
@@ -124,3 +128,38 @@ def test_early_stopping_state_survives_a_restart(tmp_path):
     assert model.stop_training
     callback.on_train_end()  # restores the best weights saved before the "kill"
     np.testing.assert_array_equal(model.get_weights()[0], weights[0])
+
+
+def test_a_base_trained_on_one_dataset_fine_tunes_on_photos_offline(tmp_path, digits):
+    """The offline transfer path: train on digits, save the base with the CLI, fine-tune it on photo crops."""
+    import cv2
+
+    from imgclf.models import main as models_cli
+    from imgclf.models import transfer_base
+    from tests.photos import photo_crop, skimage_classes
+
+    images, target = digits
+    x = np.stack([cv2.resize(image, (32, 32), interpolation=cv2.INTER_NEAREST) for image in images])[..., None]
+    params = {**BASE, "model": "mobilenet_v2", "epochs": 1, "transfer": {**SHIPPED["transfer"], "weights": None}}
+    pretrain = build_model("mobilenet_v2", x.shape[1:], 10, params)
+    training.compile_model(pretrain, params, 0.01)
+    pretrain.fit(x[:256], keras.utils.to_categorical(target[:256], 10), batch_size=64, epochs=1, verbose=0)
+    pretrain.save(tmp_path / "digits.keras")
+    weights = tmp_path / "digits_base.weights.h5"
+    assert models_cli(["base-weights", str(tmp_path / "digits.keras"), str(weights)]) == 0
+    assert models_cli(["base-weights", str(tmp_path / "digits.keras"), str(tmp_path / "w.h5")]) == 1
+
+    rng = np.random.default_rng(0)
+    names = skimage_classes(3)
+    labels = np.arange(60) % 3
+    photos = np.stack([cv2.resize(photo_crop(names[i], rng), (32, 32), interpolation=cv2.INTER_AREA) for i in labels])
+    transfer = {**SHIPPED["transfer"], "weights": str(weights), "frozen_epochs": 1, "fine_tune_layers": 10}
+    params = {**BASE, "model": "mobilenet_v2", "epochs": 2, "transfer": transfer}
+    model = build_model("mobilenet_v2", photos.shape[1:], 3, params)
+    for loaded, trained in zip(transfer_base(model).get_weights(), transfer_base(pretrain).get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, trained)  # the digits base, not random or ImageNet weights
+    training.compile_model(model, params, 0.01)
+    data = training.TrainData(photos[:45], labels[:45], photos[45:], labels[45:], names)
+    plan = plan_training(params, len(data.x_train), data.y_val, 3)
+    training.fit(model, data, params, plan, tmp_path / "run", tmp_path / "history.csv")
+    assert training.read_history(tmp_path / "history.csv")["epoch"].tolist() == [0, 1]
