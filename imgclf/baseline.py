@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from imgclf.io import PipelineError
 from imgclf.metrics import classification_metrics, paired_comparison
 
 
@@ -49,7 +50,8 @@ def fit_sample(y: np.ndarray, limit: int, seed: int) -> np.ndarray:
         return np.arange(len(y))
     from sklearn.model_selection import train_test_split
 
-    picked, _ = train_test_split(np.arange(len(y)), train_size=limit, stratify=y, random_state=seed)
+    stratify = y if np.unique(y, return_counts=True)[1].min() >= 2 else None  # a class of one: plain sample
+    picked, _ = train_test_split(np.arange(len(y)), train_size=limit, stratify=stratify, random_state=seed)
     return np.sort(picked)
 
 
@@ -79,6 +81,8 @@ def evaluate(
     thumbnail = int(params["thumbnail"])
     picked = fit_sample(np.concatenate([y for _, y in fit_parts]), int(params["max_fit_images"]), int(params["seed"]))
     x_fit, y_fit = gather(fit_parts, picked)
+    if len(np.unique(y_fit)) < 2:
+        raise PipelineError("the baseline needs images of at least two classes in train+val")
     model = fit(x_fit, y_fit, thumbnail, int(params["max_iter"]))
     proba = np.zeros((len(y_test), len(class_names)))
     proba[:, model.classes_] = model.predict_proba(thumbnails(x_test, thumbnail))
@@ -90,6 +94,21 @@ def evaluate(
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
         "network_below_baseline": bool(comparison["accuracy_drop"] > 0),
-        "network_minus_baseline": -comparison["accuracy_drop"],
+        "network_minus_baseline": 0.0 - comparison["accuracy_drop"],
         "p_value_network_worse": comparison["p_value"],
     }
+
+
+def verdict(metrics: dict, versus: dict, params: dict) -> tuple[str | None, bool]:
+    """(message, fail): a loud line when the network is below the baseline, and whether evaluate must
+    fail: ``fail_below`` is set and the shortfall is more than noise (McNemar p < ``significance``),
+    so one image in 27 never fails a run."""
+    if not versus["network_below_baseline"]:
+        return None, False
+    significant = versus["p_value_network_worse"] < float(params["significance"])
+    message = (
+        f"THE NETWORK IS BELOW THE BASELINE: test accuracy {metrics['accuracy']:.4f} < {versus['accuracy']:.4f} "
+        f"for {versus['model']} on {metrics['samples']} images (McNemar p {versus['p_value_network_worse']:.2g}"
+        f"{'' if significant else ', within noise'}; see reports/eval/summary.md)"
+    )
+    return message, bool(params["fail_below"]) and significant

@@ -60,7 +60,7 @@ def steps(n: int, batch_size: int) -> int:
 
 def _explicit(params: dict, key: str) -> int | None:
     """``None`` for ``auto``, else the user's number."""
-    value = params.get(key, AUTO)
+    value = params[key]
     if value == AUTO:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -112,10 +112,15 @@ def plan_training(params: dict, n_train: int, val_labels: np.ndarray, num_classe
     else:
         reasons["epochs"] = "set in params.yaml"
     total_steps = epochs * steps_per_epoch
-    if total_steps < int(auto["min_total_steps"]) and reasons["epochs"] == "set in params.yaml":
+    if total_steps < int(auto["min_total_steps"]):
+        fix = (
+            "train.epochs: auto sizes this"
+            if reasons["epochs"] == "set in params.yaml"
+            else "raise train.auto.max_epochs"
+        )
         warnings.append(
             f"{total_steps} optimizer steps in all ({epochs} epochs x {steps_per_epoch}): fewer than "
-            f"{auto['min_total_steps']}, the model may be undertrained (train.epochs: auto sizes this)"
+            f"{auto['min_total_steps']}, the model may be undertrained ({fix})"
         )
 
     val_labels = np.asarray(val_labels)

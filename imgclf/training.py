@@ -313,6 +313,17 @@ def data_hash(data: TrainData) -> str:
     return digest.hexdigest()
 
 
+def first_phase_steps(params: dict, plan: TrainingPlan) -> int:
+    """Optimizer steps of the first phase, which the first optimizer's schedule spans: the whole plan,
+    or for a pretrained transfer model only its ``transfer.frozen_epochs`` (the fine-tuning phase gets
+    a schedule of its own)."""
+    from imgclf.models import is_pretrained_transfer
+
+    if not is_pretrained_transfer(params["model"], params):
+        return plan.total_steps
+    return plan.steps_per_epoch * min(int(params["transfer"]["frozen_epochs"]), plan.epochs)
+
+
 def fit(
     model: keras.Model,
     data: TrainData,
@@ -339,8 +350,7 @@ def fit(
     verbose = 2 if os.environ.get("IMGCLF_KERAS_VERBOSE") else 0
     phases = [("train", 0, epochs)]
     if is_pretrained_transfer(params["model"], params):
-        transfer = params.get("transfer") or {}
-        frozen = min(int(transfer.get("frozen_epochs", 3)), epochs)
+        frozen = first_phase_steps(params, plan) // plan.steps_per_epoch
         phases = [("frozen", 0, frozen), ("fine_tune", frozen, epochs)]
     for name, first, last in phases:
         done_marker = run_dir / f"{name}.done.weights.h5"

@@ -76,14 +76,11 @@ def main() -> None:
     )
     for path in (paths.metrics, paths.predictions, paths.eval_summary, *sorted(out.glob("*.png"))):
         log.info("wrote %s", describe(path))
-    if versus["network_below_baseline"]:
-        message = (
-            f"THE NETWORK IS BELOW THE BASELINE: test accuracy {metrics['accuracy']:.4f} < {versus['accuracy']:.4f} "
-            f"for {versus['model']} (see reports/eval/summary.md)"
-        )
-        if params["baseline"]["fail_below"]:
-            raise PipelineError(message + "; evaluate.baseline.fail_below is true")
-        log.warning(message)
+    message, fail = baseline.verdict(metrics, versus, params["baseline"])
+    if fail:
+        raise PipelineError(f"{message}; evaluate.baseline.fail_below is true")
+    if message:
+        log.warning("%s", message)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main() -> None:
 
     with strategy.scope():
         model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
-        lr = training.learning_rate(params, plan.total_steps)
+        lr = training.learning_rate(params, training.first_phase_steps(params, plan))
         training.compile_model(model, params, lr)
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
@@ -69,9 +69,10 @@ def main() -> None:
         run_id_file.write_text(run.info.run_id)
         if run_id is None:
             mlflow.log_params(tracking.flatten(all_params) | plan.mlflow_params())
-            mlflow.set_tags({**tracking.run_tags(paths.root, data_hash, params["model"]), "training_setup": setup})
+            mlflow.set_tags(tracking.run_tags(paths.root, data_hash, params["model"]))
         else:
             log.info("continuing MLflow run %s", run.info.run_id)
+        mlflow.set_tag("training_setup", setup)  # also when resumed: it may resume on other devices
         extra = [tracking.EpochMetrics(log_setup=run_id is None)] if chief else []
         epochs = training.fit(model, data, params, plan, run_dir, history_tmp, extra)
         if not chief:

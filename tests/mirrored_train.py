@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+tf.config.set_visible_devices([], "GPU")  # on a GPU machine too: the test is about the CPU split
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]

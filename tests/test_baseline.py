@@ -1,9 +1,10 @@
 """The baseline beside every model: deterministic, scored on the test split, and the flag when the network loses."""
 
 import numpy as np
+import pytest
 
 from imgclf import baseline
-from imgclf.io import load_params
+from imgclf.io import PipelineError, load_params
 from imgclf.paths import REPO_ROOT
 
 PARAMS = load_params("evaluate", REPO_ROOT / "params.yaml")["baseline"]
@@ -62,3 +63,60 @@ def test_large_sets_are_sampled_stratified_and_seeded():
     parts = [(np.arange(10)[:, None] * 10, np.arange(10)), (np.arange(10, 15)[:, None] * 10, np.arange(10, 15))]
     x, labels = baseline.gather(parts, np.array([1, 9, 10, 14]))
     assert labels.tolist() == [1, 9, 10, 14] and x[:, 0].tolist() == [10, 90, 100, 140]
+
+
+def _versus(accuracy, baseline_accuracy, p):
+    return {
+        "model": "logistic regression on 8x8 thumbnails",
+        "accuracy": baseline_accuracy,
+        "macro_f1": baseline_accuracy,
+        "network_below_baseline": accuracy < baseline_accuracy,
+        "network_minus_baseline": accuracy - baseline_accuracy,
+        "p_value_network_worse": p,
+    }
+
+
+def test_the_verdict_fails_only_on_a_real_shortfall_and_only_when_asked():
+    metrics = {"accuracy": 0.963, "samples": 27, "macro_f1": 0.96}
+    one_image = _versus(0.963, 1.0, 0.5)
+    message, fail = baseline.verdict(metrics, one_image, {**PARAMS, "fail_below": True})
+    assert message.startswith("THE NETWORK IS BELOW THE BASELINE") and "within noise" in message and not fail
+    real = _versus(0.5, 0.95, 1e-6)
+    assert baseline.verdict(metrics, real, {**PARAMS, "fail_below": True})[1] is True
+    assert baseline.verdict(metrics, real, {**PARAMS, "fail_below": False})[1] is False
+    assert baseline.verdict(metrics, _versus(1.0, 0.9, 1.0), {**PARAMS, "fail_below": True}) == (None, False)
+
+
+def test_binary_and_missing_classes_and_a_single_class(digits):
+    x_fit, y_fit, x_test, y_test = _split(digits)
+    keep = y_fit < 2  # fit on digits 0 and 1 only; the test split keeps all ten
+    result = baseline.evaluate(
+        [(x_fit[keep], y_fit[keep])], x_test, y_test, y_test, [str(d) for d in range(10)], PARAMS
+    )
+    assert 0 < result["accuracy"] < 0.3 and result["network_below_baseline"] is False
+    binary = y_test < 2
+    result = baseline.evaluate(
+        [(x_fit[keep], y_fit[keep])], x_test[binary], y_test[binary], y_test[binary], ["0", "1"], PARAMS
+    )
+    assert result["accuracy"] > 0.95
+    with pytest.raises(PipelineError, match="at least two classes"):
+        baseline.evaluate(
+            [(x_fit[y_fit == 3], y_fit[y_fit == 3])], x_test, y_test, y_test, [str(d) for d in range(10)], PARAMS
+        )
+
+
+def test_the_summary_shows_sizes_both_models_and_plan_warnings():
+    from imgclf.metrics import evaluation_summary
+
+    plan = {"batch_size": 16, "epochs": 143, "steps_per_epoch": 7, "total_steps": 1001, "early_stopping_patience": 0}
+    text = evaluation_summary(
+        {"accuracy": 0.9, "macro_f1": 0.89, "samples": 30},
+        _versus(0.9, 0.95, 0.3),
+        {**plan, "warnings": ["the validation split has 8 images"]},
+    )
+    assert "Test images: 30. With so few, one image is 3.33% of accuracy." in text
+    assert (
+        "| network | 0.9000 | 0.8900 |" in text and "| baseline: logistic regression on 8x8 thumbnails | 0.9500" in text
+    )
+    assert "**below the baseline**" in text and "early stopping off" in text
+    assert "- Warning: the validation split has 8 images" in text

@@ -73,6 +73,8 @@ def _gate_report(y, keras_pred, variant_pred):
         "accuracy_drop": drop["accuracy_drop"],
         "drop_ci95": drop["drop_ci95"],
         "drop_p_value": drop["p_value"],
+        "images_lost": drop["lost"],
+        "images_gained": drop["gained"],
     }
     return {"keras_accuracy": float((keras_pred == y).mean()), "test_samples": len(y), "variants": {"int8": variant}}
 
@@ -83,7 +85,8 @@ def test_the_gate_forgives_one_image_in_27_but_not_a_real_drop_on_10000():
     keras_pred = y.copy()
     int8_pred = keras_pred.copy()
     int8_pred[3] = (y[3] + 1) % 6  # one disagreement: 3.7 points on 27 images
-    assert export.accuracy_failures(_gate_report(y, keras_pred, int8_pred), 0.005, 0.05) == []
+    failures, notes = export.accuracy_gate(_gate_report(y, keras_pred, int8_pred), 0.005, 0.05)
+    assert failures == [] and "(1 lost, 0 gained" in notes[0] and "McNemar p 0.5" in notes[0]
 
     y = rng.integers(0, 10, 10_000)
     keras_pred = np.where(rng.random(10_000) < 0.93, y, (y + 1) % 10)
@@ -92,11 +95,20 @@ def test_the_gate_forgives_one_image_in_27_but_not_a_real_drop_on_10000():
     int8_pred[right[:80]] = (y[right[:80]] + 2) % 10  # 80 lost ...
     wrong = np.flatnonzero(keras_pred != y)
     int8_pred[wrong[:20]] = y[wrong[:20]]  # ... 20 gained: a drop of 0.006
-    failures = export.accuracy_failures(_gate_report(y, keras_pred, int8_pred), 0.005, 0.05)
+    failures, notes = export.accuracy_gate(_gate_report(y, keras_pred, int8_pred), 0.005, 0.05)
     assert len(failures) == 1 and failures[0].startswith("int8 accuracy")
-    assert "0.0060 below" in failures[0] and "10000 images" in failures[0] and "95% CI" in failures[0]
+    assert "0.0060 below" in failures[0] and "10000 images (80 lost, 20 gained" in failures[0] and not notes
     # the same drop within the allowed size passes, however significant
-    assert export.accuracy_failures(_gate_report(y, keras_pred, int8_pred), 0.01, 0.05) == []
+    assert export.accuracy_gate(_gate_report(y, keras_pred, int8_pred), 0.01, 0.05) == ([], [])
+
+
+def test_a_big_drop_on_too_few_images_passes_with_a_note():
+    y = np.arange(27) % 3
+    int8_pred = y.copy()
+    int8_pred[:4] = (y[:4] + 1) % 3  # 4 of 27 lost: 14.8 points, yet p = 0.0625
+    failures, notes = export.accuracy_gate(_gate_report(y, y.copy(), int8_pred), 0.005, 0.05)
+    assert failures == [] and len(notes) == 1
+    assert "4 lost, 0 gained" in notes[0] and "too small to tell" in notes[0]
 
 
 def test_predict_on_a_folder_with_a_csv_and_a_corrupt_image(tmp_path, small_model, exported):

@@ -103,6 +103,15 @@ TRAIN = {
 }
 
 
+def _epochs_logged(paths) -> int:
+    """Rows in the running training's epoch log; a row being written counts when complete."""
+    logs = list(paths.train_backup.glob("*/history.csv"))
+    try:
+        return len(pd.read_csv(logs[0])) if logs and logs[0].stat().st_size else 0
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, FileNotFoundError):
+        return 0
+
+
 @pytest.fixture(scope="module")
 def prepared_template(tmp_path_factory, fashion_mnist_dir) -> Path:
     """A git + DVC repository with the data stages done, copied by each test (they run them once)."""
@@ -158,11 +167,11 @@ def test_mirrored_strategy_on_two_cpu_devices_resumes_after_a_kill_and_exports(p
     deadline = time.monotonic() + 300
     epochs_done = 0
     while time.monotonic() < deadline and process.poll() is None:
-        logs = list(paths.train_backup.glob("*/history.csv"))
-        epochs_done = len(pd.read_csv(logs[0])) if logs and logs[0].stat().st_size else 0
+        epochs_done = _epochs_logged(paths)
         if epochs_done >= 2:
             break
         time.sleep(0.2)
+    assert epochs_done >= 2, "no two epochs logged within 300 s"
     assert process.poll() is None, "training ended before it could be killed: " + output.read_text()[-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -68,3 +68,12 @@ def test_paired_comparison_counts_lost_and_gained_images():
     low, high = result["drop_ci95"]
     assert low < 0 < result["accuracy_drop"] < high  # eight images cannot tell
     assert paired_comparison(y, reference, reference)["p_value"] == 1.0
+
+
+def test_binary_classification_metrics():
+    y = np.array([0, 1, 1, 0, 1])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.1, 0.9]])
+    result = classification_metrics(y, proba, ["cat", "dog"])
+    assert result["accuracy"] == pytest.approx(0.8)
+    assert result["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(y, proba[:, 1]))
+    assert result["top_2_accuracy"] == 1.0  # k is capped at the number of classes
