@@ -45,6 +45,7 @@ def generate(root: Path, count: int, width: int, height: int) -> int:
 def run_phase(phase: str, source: str, out: str, workers: int) -> None:
     """One phase in this process; prints seconds and peak RSS (MiB) of the process and its workers."""
     from imgclf.ingest import ingest, read_ingested
+    from imgclf.params import load_section
     from imgclf.paths import Layout
     from imgclf.preprocess import write_split
     from imgclf.validation import validate
@@ -52,11 +53,12 @@ def run_phase(phase: str, source: str, out: str, workers: int) -> None:
     layout = Layout(Path(out))
     start = time.perf_counter()
     if phase == "ingest":
-        ingest({"source": source, "workers": workers}, layout)
+        ingest({**load_section("ingest", REPO_ROOT / "params.yaml"), "source": source, "workers": workers}, layout)
     else:
         reader, manifest, meta = read_ingested(layout)
         if phase == "validate":
-            validate(manifest, reader, meta["class_names"], {"near_duplicate_distance": 4}, workers=workers)
+            options = {**load_section("validate", REPO_ROOT / "params.yaml"), "near_duplicate_distance": 4}
+            validate(manifest, reader, meta["class_names"], options, workers=workers)
         else:
             write_split(reader, reader.refs(manifest), Path(out) / "x.npy", 96, "rgb", workers=workers)
     seconds = time.perf_counter() - start

@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import pandas as pd
 import yaml
 
-from imgclf.paths import copy_pipeline, layout
+from imgclf.paths import layout
 from tests.photos import photo_set, truth_path
+from tests.pipeline_copy import copy_pipeline
 
 # README, "Use your own images", "Params to set for photos": ingest.source (set per set),
 # preprocess.image_size and preprocess.color_mode. Everything else is the shipped default.

@@ -22,13 +22,17 @@ import time
 from datetime import date
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # for tests.pipeline_copy
+
 import pandas as pd
 import yaml
 
 from imgclf.io import write_json, write_text
-from imgclf.paths import REPO_ROOT, copy_pipeline, layout
+from imgclf.paths import layout
+from tests.pipeline_copy import copy_pipeline
 
-STAGE_DONE = re.compile(r"imgclf\.(?P<stage>[\w-]+) INFO [\w-]+ done in (?P<seconds>[\d.]+) s")
+STAGE_DONE = re.compile(r"stage\.(?P<stage>[\w-]+) INFO [\w-]+ done in (?P<seconds>[\d.]+) s")
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:

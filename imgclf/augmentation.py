@@ -25,38 +25,38 @@ CHUNK_SIZE = 2048
 
 
 def _transform(name: str, spec: dict, size: tuple[int, int]) -> A.BasicTransform:
-    p = float(spec.get("p", 0.5))
+    p = float(spec["p"])
     if name == "horizontal_flip":
         return A.HorizontalFlip(p=p)
     if name == "vertical_flip":
         return A.VerticalFlip(p=p)
     if name == "affine":
-        shift = float(spec.get("shift", 0.0))
+        shift = float(spec["shift"])
         return A.Affine(
             translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
-            scale=tuple(spec.get("scale", (1.0, 1.0))),
-            rotate=(-float(spec.get("rotate", 0)), float(spec.get("rotate", 0))),
+            scale=tuple(spec["scale"]),
+            rotate=(-float(spec["rotate"]), float(spec["rotate"])),
             border_mode=0,
             fill=0,
             p=p,
         )
     if name == "random_resized_crop":
-        return A.RandomResizedCrop(size=size, scale=tuple(spec.get("scale", (0.8, 1.0))), p=p)
+        return A.RandomResizedCrop(size=size, scale=tuple(spec["scale"]), p=p)
     if name == "brightness_contrast":
         return A.RandomBrightnessContrast(
-            brightness_limit=float(spec.get("brightness", 0.2)),
-            contrast_limit=float(spec.get("contrast", 0.2)),
+            brightness_limit=float(spec["brightness"]),
+            contrast_limit=float(spec["contrast"]),
             p=p,
         )
     if name == "gauss_noise":
-        return A.GaussNoise(std_range=tuple(spec.get("std_range", (0.02, 0.08))), p=p)
+        return A.GaussNoise(std_range=tuple(spec["std_range"]), p=p)
     if name == "blur":
-        return A.Blur(blur_limit=tuple(spec.get("blur_limit", (3, 3))), p=p)
+        return A.Blur(blur_limit=tuple(spec["blur_limit"]), p=p)
     if name == "coarse_dropout":
         return A.CoarseDropout(
-            num_holes_range=tuple(spec.get("holes", (1, 2))),
-            hole_height_range=tuple(spec.get("hole_size", (0.1, 0.25))),
-            hole_width_range=tuple(spec.get("hole_size", (0.1, 0.25))),
+            num_holes_range=tuple(spec["holes"]),
+            hole_height_range=tuple(spec["hole_size"]),
+            hole_width_range=tuple(spec["hole_size"]),
             fill=0,
             p=p,
         )
@@ -76,17 +76,10 @@ TRANSFORMS = (
 
 
 def build_policy(policy: dict, size: tuple[int, int]) -> A.Compose:
-    """A.Compose of the transforms in ``augment.policy`` with p > 0, in a fixed order."""
-    unknown = set(policy or {}) - set(TRANSFORMS)
-    if unknown:
-        raise PipelineError(
-            f"augment.policy has unknown transform(s): {', '.join(sorted(unknown))}; known: {TRANSFORMS}"
-        )
-    transforms = [
-        _transform(name, policy[name] or {}, size)
-        for name in TRANSFORMS
-        if name in (policy or {}) and float((policy[name] or {}).get("p", 0.5)) > 0
-    ]
+    """A.Compose of the transforms in ``augment.policy`` with p > 0, in a fixed order.
+
+    The params schema (imgclf/params.py) has already checked the names and values."""
+    transforms = [_transform(name, policy[name], size) for name in TRANSFORMS if float(policy[name]["p"]) > 0]
     return A.Compose(transforms)
 
 
@@ -115,9 +108,9 @@ def _work(args):
 
 
 def materialize(
-    policy: A.Compose, images: np.ndarray, copies: int, seed: int, workers: int | None = None
+    policy: A.Compose, images: np.ndarray, copies: int, seed: int, workers: int | None = None, progress: bool = True
 ) -> np.ndarray:
-    """``copies`` augmented versions of ``images``, stacked copy after copy."""
+    """``copies`` augmented versions of ``images``, stacked copy after copy; a progress bar in a terminal."""
     if copies < 0:
         raise PipelineError(f"augment.copies must be >= 0, got {copies}")
     if copies == 0 or len(images) == 0:
@@ -130,7 +123,7 @@ def materialize(
         for start in range(0, len(images), CHUNK_SIZE)
     ]
     out = np.empty((copies * len(images), *images.shape[1:]), dtype=np.uint8)
-    progress = tqdm(total=len(out), desc="augment", unit="img", disable=None)
+    bar = tqdm(total=len(out), desc="augment", unit="img", disable=None if progress else True)
     args = ((policy_dict, np.asarray(images[start : start + CHUNK_SIZE]), s) for _, start, s in jobs)
     if workers == 1:
         results = map(_work, args)
@@ -142,9 +135,9 @@ def materialize(
         for (copy, start, _), batch in zip(jobs, results, strict=True):
             offset = copy * len(images) + start
             out[offset : offset + len(batch)] = batch
-            progress.update(len(batch))
+            bar.update(len(batch))
     finally:
-        progress.close()
+        bar.close()
         if executor:
             executor.shutdown()
     return out

@@ -110,15 +110,15 @@ def float32_copy(model):
     return copy
 
 
-def export_all(model, variants: list[str], calibration: np.ndarray, layout: Layout) -> dict[str, Path]:
-    """Write each variant to ``layout.tflite_model(variant)``."""
+def export_all(model, variants: list[str], calibration: np.ndarray, paths: Layout) -> dict[str, Path]:
+    """Write each variant to ``paths.tflite_model(variant)``."""
     files = {}
     with tempfile.TemporaryDirectory(prefix="imgclf-savedmodel-") as tmp:
         saved_model = Path(tmp) / "saved_model"
         model.export(str(saved_model), format="tf_saved_model", verbose=False)
         for variant in variants:
             start = time.perf_counter()
-            path = layout.tflite_model(variant)
+            path = paths.tflite_model(variant)
             write_bytes(path, convert(saved_model, variant, calibration))
             files[variant] = path
             log.info("%s: %s in %.1f s", variant, path.name, time.perf_counter() - start)

@@ -68,7 +68,7 @@ def list_folder(folder: str | Path, params: dict) -> Listing:
     layout = detect_layout(Path(folder).expanduser())  # errors name the path as the user wrote it
     folder = Path(folder).expanduser().resolve()
     listing = _list_csv(folder, params) if layout == "csv" else _list_class_folders(folder, params)
-    listing.rows = _limit(listing.rows, params.get("limit"))
+    listing.rows = _limit(listing.rows, params["limit"])
     return listing
 
 
@@ -112,15 +112,15 @@ def find_column(table: pd.DataFrame, configured: str | None, candidates: tuple[s
 
 def _csv_rows(folder: Path, csv_path: Path, split: str, params: dict, require_label: bool) -> pd.DataFrame:
     table = read_table(csv_path)
-    settings = params.get("csv") or {}
-    image_column = find_column(table, settings.get("image_column"), NAME_COLUMNS)
+    settings = params["csv"]
+    image_column = find_column(table, settings["image_column"], NAME_COLUMNS)
     if image_column is None:
         raise PipelineError(
             f"{csv_path} has no column of image names (looked for "
             f"{settings.get('image_column') or ', '.join(NAME_COLUMNS)}; columns are {', '.join(table.columns)}); "
             "set ingest.csv.image_column"
         )
-    label_column = find_column(table, settings.get("label_column"), LABEL_COLUMNS)
+    label_column = find_column(table, settings["label_column"], LABEL_COLUMNS)
     if label_column is None and require_label:
         raise PipelineError(
             f"{csv_path} has no label column (looked for "
@@ -145,14 +145,14 @@ def _inside_or_fail(folder: Path, directory: Path) -> Path:
 
 
 def _list_csv(folder: Path, params: dict) -> Listing:
-    settings = params.get("csv") or {}
+    settings = params["csv"]
     train_dir = folder / "train" if (folder / "train").is_dir() and any((folder / "train").glob("*.csv")) else folder
     _inside_or_fail(folder, train_dir)
-    frames = [_csv_rows(folder, _find_csv(train_dir, settings.get("train_file"), "train"), "train", params, True)]
+    frames = [_csv_rows(folder, _find_csv(train_dir, settings["train_file"], "train"), "train", params, True)]
     test_dir = folder / "test"
     if test_dir.is_dir() and any(test_dir.glob("*.csv")):
         _inside_or_fail(folder, test_dir)
-        frames.append(_csv_rows(folder, _find_csv(test_dir, settings.get("test_file"), "test"), "test", params, False))
+        frames.append(_csv_rows(folder, _find_csv(test_dir, settings["test_file"], "test"), "test", params, False))
     rows = pd.concat(frames, ignore_index=True)
     labelled = rows.loc[(rows["split"] == "train") & (rows["label"] != ""), "label"]
     class_names = _class_names(params, sorted(labelled.unique()))
@@ -262,7 +262,7 @@ def _unique_ids(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _class_names(params: dict, found: list[str]) -> list[str]:
-    configured = params.get("classes")
+    configured = params["classes"]
     if configured:
         return [str(name) for name in configured]
     if not found:

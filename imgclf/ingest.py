@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from imgclf import folders, images
-from imgclf.io import PipelineError, read_json, read_npy, write_csv, write_json, write_npy
+from imgclf.io import PipelineError, read_json, read_npy, require, write_csv, write_json, write_npy
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -213,21 +213,21 @@ def load_fashion_mnist(folder: Path, limit: int | None = None) -> Dataset:
     )
 
 
-def ingest(params: dict, layout: Layout) -> dict:
+def ingest(params: dict, paths: Layout) -> dict:
     """Read the dataset named by ``ingest.source``, write ``data/ingested/``, return its meta."""
-    source = str(params.get("source") or "fashion-mnist")
+    source = str(params["source"])
     if source == "fashion-mnist":
-        folder = find_fashion_mnist(params.get("fashion_mnist_dir"))
+        folder = find_fashion_mnist(params["fashion_mnist_dir"])
         log.info("reading Fashion-MNIST from %s", folder)
-        dataset = load_fashion_mnist(folder, params.get("limit"))
-        write_npy(layout.ingested_images, dataset.images)
+        dataset = load_fashion_mnist(folder, params["limit"])
+        write_npy(paths.ingested_images, dataset.images)
         manifest = dataset.manifest[MANIFEST_COLUMNS]
         meta = {"format": "array", "hash": "pixels", "image_shape": list(dataset.images.shape[1:])}
         class_names = dataset.class_names
     else:
         listing = folders.list_folder(source, params)
         log.info("%s layout: %d rows listed in %s", listing.layout, len(listing.rows), source)
-        manifest = folders.pack(listing, layout.ingested_blob, params.get("max_pack_mb", 64), params.get("workers"))
+        manifest = folders.pack(listing, paths.ingested_blob, params["max_pack_mb"], params["workers"])
         meta = {"format": "bytes", "hash": "file bytes", "layout": listing.layout, "skipped": listing.skipped}
         class_names = listing.class_names
     counts = manifest.groupby(["split", "label"]).size()
@@ -237,8 +237,8 @@ def ingest(params: dict, layout: Layout) -> dict:
         "rows": len(manifest),
         "counts": {split: {label: int(n) for label, n in counts[split].items()} for split in counts.index.levels[0]},
     }
-    write_csv(layout.ingested_manifest, manifest)
-    write_json(layout.ingested_meta, meta)
+    write_csv(paths.ingested_manifest, manifest)
+    write_json(paths.ingested_meta, meta)
     return meta
 
 
@@ -284,17 +284,17 @@ class IngestedImages:
     A memory map: worker processes forked by :meth:`map` share it without copying.
     """
 
-    def __init__(self, layout: Layout | None, meta: dict, array: np.ndarray | None = None):
+    def __init__(self, paths: Layout | None, meta: dict, array: np.ndarray | None = None):
         self.format = meta["format"]
         if array is not None:
             self._array = array
         elif self.format == "array":
-            self._array = read_npy(layout.ingested_images)
+            self._array = read_npy(paths.ingested_images)
         elif self.format == "bytes":
-            empty = layout.ingested_blob.stat().st_size == 0
-            self._blob = np.zeros(0, np.uint8) if empty else np.memmap(layout.ingested_blob, np.uint8, mode="r")
+            empty = paths.ingested_blob.stat().st_size == 0
+            self._blob = np.zeros(0, np.uint8) if empty else np.memmap(paths.ingested_blob, np.uint8, mode="r")
         else:
-            raise PipelineError(f"{layout.ingested_meta}: unknown format {self.format!r}; rerun ingest")
+            raise PipelineError(f"{paths.ingested_meta}: unknown format {self.format!r}; rerun ingest")
 
     @classmethod
     def from_array(cls, images: np.ndarray) -> IngestedImages:
@@ -352,8 +352,7 @@ class IngestedImages:
         return raw if self.format == "array" else images.decode(raw.tobytes(), max_pixels)
 
 
-def read_ingested(layout: Layout) -> tuple[IngestedImages, pd.DataFrame, dict]:
-    if not layout.ingested_manifest.exists():
-        raise PipelineError(f"{layout.ingested_manifest} not found: run the ingest stage first")
-    meta = read_json(layout.ingested_meta)
-    return IngestedImages(layout, meta), read_manifest(layout.ingested_manifest), meta
+def read_ingested(paths: Layout) -> tuple[IngestedImages, pd.DataFrame, dict]:
+    require(paths.ingested_manifest, "ingest")
+    meta = read_json(paths.ingested_meta)
+    return IngestedImages(paths, meta), read_manifest(paths.ingested_manifest), meta

@@ -1,4 +1,4 @@
-"""Data IO shared by all stages: atomic writes, params, logging, and the stage runner.
+"""Data IO shared by all stages: atomic writes, reading artifacts, and the one-line error type.
 
 Every file a stage writes goes through :func:`atomic_path`: written to a temporary
 name in the same folder, then renamed, so an interrupted stage never leaves a
@@ -11,16 +11,13 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 log = logging.getLogger("imgclf")
 
@@ -96,27 +93,6 @@ def read_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
-def load_params(section: str | None = None, path: str | Path = "params.yaml") -> dict:
-    """The whole params file, or one stage's section of it."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path} not found: run the stage from the repository root")
-    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if section is None:
-        return params
-    if section not in params:
-        raise PipelineError(f"{path} has no '{section}' section")
-    return params[section] or {}
-
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 def describe(path: str | Path) -> str:
     """A short 'path (size)' for logs."""
     path = Path(path)
@@ -129,18 +105,21 @@ def describe(path: str | Path) -> str:
     return str(path)
 
 
-def run_stage(name: str, main: Callable[[], None]) -> int:
-    """Run a stage's ``main()``, log its duration, turn :class:`PipelineError` into one line and exit 1."""
-    setup_logging()
-    stage_log = logging.getLogger(f"imgclf.{name}")
-    start = time.perf_counter()
-    try:
-        main()
-    except PipelineError as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
-    stage_log.info("%s done in %.1f s", name, time.perf_counter() - start)
-    return 0
+def require(path: str | Path, stage: str) -> Path:
+    """``path``, which the ``stage`` stage writes, or the one-line error that says to run that stage."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run the {stage} stage first")
+    return path
+
+
+def read_split(paths, split: str, mmap: bool = False, empty: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and label indices of one preprocessed split (``paths`` is the pipeline's Layout).
+
+    ``empty``: the error to raise when the split has no images (what the caller cannot do without them).
+    """
+    require(paths.preprocessed_meta, "preprocess")
+    x, y = read_npy(paths.preprocessed_x(split), mmap=mmap), np.asarray(read_npy(paths.preprocessed_y(split)))
+    if empty and len(x) == 0:
+        raise PipelineError(f"the {split} split is empty: {empty}")
+    return x, y

@@ -47,9 +47,7 @@ def _head(x, num_classes: int, dropout: float):
 
 def simple_cnn(input_shape, num_classes: int, params: dict) -> keras.Model:
     """Conv(3x3)-BN-ReLU-MaxPool blocks, then Dropout, Dense, Dropout, softmax."""
-    filters = params.get("filters", [32, 64])
-    dropout = params.get("dropout", [0.25, 0.5])
-    l2 = float(params.get("l2", 0.0))
+    filters, dropout, l2 = params["filters"], params["dropout"], float(params["l2"])
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1 / 255.0)(inputs)
     for width in filters:
@@ -59,7 +57,7 @@ def simple_cnn(input_shape, num_classes: int, params: dict) -> keras.Model:
         x = layers.MaxPooling2D()(x)
     x = layers.Dropout(dropout[0])(x)
     x = layers.Flatten()(x)
-    x = layers.Dense(int(params.get("dense", 128)), activation="relu", kernel_regularizer=_regularizer(l2))(x)
+    x = layers.Dense(int(params["dense"]), activation="relu", kernel_regularizer=_regularizer(l2))(x)
     return keras.Model(inputs, _head(x, num_classes, dropout[1]), name="simple_cnn")
 
 
@@ -78,9 +76,7 @@ def _residual_block(x, width: int, stride: int, l2: float):
 
 def resnet_small(input_shape, num_classes: int, params: dict) -> keras.Model:
     """A stem conv, then stages of residual blocks (the first of each later stage halves the size), GAP, softmax."""
-    widths = params.get("widths", [32, 64, 128])
-    blocks = int(params.get("blocks_per_stage", 1))
-    l2 = float(params.get("l2", 0.0))
+    widths, blocks, l2 = params["widths"], int(params["blocks_per_stage"]), float(params["l2"])
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1 / 255.0)(inputs)
     x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(x)
@@ -90,7 +86,7 @@ def resnet_small(input_shape, num_classes: int, params: dict) -> keras.Model:
         for block in range(blocks):
             x = _residual_block(x, width, 2 if stage > 0 and block == 0 else 1, l2)
     x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, _head(x, num_classes, float(params.get("dropout", 0.2))), name="resnet_small")
+    return keras.Model(inputs, _head(x, num_classes, float(params["dropout"])), name="resnet_small")
 
 
 def _application_weights(weights):
@@ -109,8 +105,8 @@ def _application_weights(weights):
 def transfer(name: str, input_shape, num_classes: int, params: dict) -> keras.Model:
     """An ImageNet-style base (frozen; see :func:`unfreeze_top`) under a GAP + Dropout + softmax head."""
     constructor, min_edge, scaling = APPLICATIONS[name]
-    weights = _application_weights(params.get("weights"))
-    size = max(int(params.get("input_size", min_edge)), min_edge, input_shape[0])
+    weights = _application_weights(params["weights"])
+    size = max(int(params["input_size"]), min_edge, input_shape[0])
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1.0)(inputs)  # uint8 -> float
     if input_shape[-1] == 1:
@@ -134,7 +130,7 @@ def transfer(name: str, input_shape, num_classes: int, params: dict) -> keras.Mo
         base.trainable = False  # phase 1 trains the head; see unfreeze_top for phase 2
         x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuned
     x = layers.GlobalAveragePooling2D()(x)  # at top level, so Grad-CAM sees the base's feature map
-    return keras.Model(inputs, _head(x, num_classes, float(params.get("dropout", 0.2))), name=name)
+    return keras.Model(inputs, _head(x, num_classes, float(params["dropout"])), name=name)
 
 
 def unfreeze_top(model: keras.Model, count: int) -> int:
@@ -154,13 +150,12 @@ MODELS = ("simple_cnn", "resnet_small", *APPLICATIONS)
 
 def build_model(name: str, input_shape, num_classes: int, params: dict) -> keras.Model:
     """The model ``train.model`` names, configured by the params section of the same name."""
-    section = params.get(name) or {}
     if name == "simple_cnn":
-        return simple_cnn(input_shape, num_classes, section)
+        return simple_cnn(input_shape, num_classes, params["simple_cnn"])
     if name == "resnet_small":
-        return resnet_small(input_shape, num_classes, section)
+        return resnet_small(input_shape, num_classes, params["resnet_small"])
     if name in APPLICATIONS:
-        return transfer(name, input_shape, num_classes, {**(params.get("transfer") or {}), **section})
+        return transfer(name, input_shape, num_classes, params["transfer"])
     raise PipelineError(f"train.model={name!r} is not one of {', '.join(MODELS)}")
 
 
@@ -168,8 +163,14 @@ def is_pretrained_transfer(name: str, params: dict) -> bool:
     """Transfer models with pretrained weights train in two phases (frozen base, then fine-tuning)."""
     if name not in APPLICATIONS:
         return False
-    section = {**(params.get("transfer") or {}), **(params.get(name) or {})}
-    return _application_weights(section.get("weights")) is not None
+    return _application_weights(params["transfer"]["weights"]) is not None
+
+
+def load_trained(paths) -> keras.Model:
+    """The train stage's model (``paths`` is the pipeline's Layout), for inference: not compiled."""
+    from imgclf.io import require
+
+    return keras.models.load_model(require(paths.model, "train"), compile=False)
 
 
 def transfer_base(model: keras.Model) -> keras.Model:

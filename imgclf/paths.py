@@ -12,8 +12,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
-# What a pipeline needs to run from scratch in another folder (tests and benchmarks copy these).
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "pyproject.toml")
 
 
 @dataclass(frozen=True)
@@ -192,16 +190,3 @@ def layout(root: str | Path | None = None) -> Layout:
     if root is None:
         root = Path.cwd() if (Path.cwd() / "dvc.yaml").exists() else REPO_ROOT
     return Layout(Path(root).resolve())
-
-
-def copy_pipeline(destination: Path, source: Path = REPO_ROOT) -> Path:
-    """Copy the pipeline's code and params (no data, no outputs) into ``destination``."""
-    import shutil
-
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in PIPELINE_FILES:
-        if (source / name).is_dir():
-            shutil.copytree(source / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source / name, destination / name)
-    return destination

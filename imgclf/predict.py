@@ -18,7 +18,8 @@ import pandas as pd
 
 from imgclf.folders import NAME_COLUMNS, find_column, read_table
 from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, resolve_inside
-from imgclf.io import PipelineError
+from imgclf.ingest import read_manifest
+from imgclf.io import PipelineError, read_npy
 from imgclf.preprocess import prepare
 
 log = logging.getLogger(__name__)
@@ -119,3 +120,25 @@ def prediction_table(
     columns = ["image", "predicted_label", "probability"]
     columns += [f"top{r}_{k}" for r in range(1, top_k + 1) for k in ("label", "probability")] + ["error"]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def predict_split(classifier, paths, labels: list[str], top_k: int) -> pd.DataFrame:
+    """Every row of the source's predict split, in the source's order: a prediction or why not."""
+    source = read_manifest(paths.ingested_manifest)
+    source = source[source["split"] == "predict"]
+    index = read_manifest(paths.preprocessed_index)
+    prepared = index[index["split"] == "predict"].reset_index(drop=True)
+    x = read_npy(paths.preprocessed_x("predict"))
+    quarantine = read_manifest(paths.quarantine).set_index("id")
+    position = {id_: i for i, id_ in enumerate(prepared["id"])}
+    images, errors = [], []
+    for id_ in source["id"]:
+        if id_ in position:
+            images.append(np.asarray(x[position[id_]]))
+            errors.append("")
+        else:
+            images.append(None)
+            why = quarantine.loc[id_] if id_ in quarantine.index else None
+            errors.append(f"{why['rule']}: {why['reason']}" if why is not None else "not kept by validate")
+    names = source["name"] if "name" in source else source["id"]
+    return prediction_table(classifier, list(names), images, errors, labels, top_k)

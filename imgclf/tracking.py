@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imgclf.io import PipelineError, read_json, write_json
+from imgclf.io import PipelineError, read_json, require, write_json
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def run_tags(root: Path, data_hash: str, model_name: str) -> dict[str, str]:
     return tags
 
 
-def write_run_info(layout: Layout, run: mlflow.entities.Run, registered: dict | None) -> None:
+def write_run_info(paths: Layout, run: mlflow.entities.Run, registered: dict | None) -> None:
     write_json(
-        layout.run_info,
+        paths.run_info,
         {
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
@@ -84,17 +84,30 @@ def write_run_info(layout: Layout, run: mlflow.entities.Run, registered: dict | 
 
 
 @contextlib.contextmanager
-def training_run(layout: Layout) -> Iterator[mlflow.ActiveRun]:
+def resumable_run(run_dir: Path, root: Path, experiment_name: str) -> Iterator[tuple[mlflow.ActiveRun, bool]]:
+    """The training's MLflow run: a new one, or, when ``run_dir`` (the training's backup folder) says a
+    killed training started one, that run again, so a resumed training logs where it began.
+    Yields the active run and whether it was resumed."""
+    experiment_id = configure(root, experiment_name)
+    run_id_file = run_dir / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, log_system_metrics=False) as run:
+        run_id_file.write_text(run.info.run_id)
+        if run_id is not None:
+            log.info("continuing MLflow run %s", run_id)
+        yield run, run_id is not None
+
+
+@contextlib.contextmanager
+def training_run(paths: Layout) -> Iterator[mlflow.ActiveRun]:
     """Reopen the training's run (from ``models/run.json``) so evaluate and export log into it."""
-    if not layout.run_info.exists():
-        raise PipelineError(f"{layout.run_info} not found: run the train stage first")
-    info = read_json(layout.run_info)
-    mlflow.set_tracking_uri(tracking_uri(layout.root))
+    info = read_json(require(paths.run_info, "train"))
+    mlflow.set_tracking_uri(tracking_uri(paths.root))
     try:
         MlflowClient().get_run(info["run_id"])
     except mlflow.exceptions.MlflowException as error:
         raise PipelineError(
-            f"MLflow run {info['run_id']} from {layout.run_info} is not in {tracking_uri(layout.root)}: "
+            f"MLflow run {info['run_id']} from {paths.run_info} is not in {tracking_uri(paths.root)}: "
             "was mlflow.db deleted or MLFLOW_TRACKING_URI changed? Rerun training with `dvc repro --force train`."
         ) from error
     with mlflow.start_run(run_id=info["run_id"]) as run:

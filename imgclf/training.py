@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +39,16 @@ class TrainData:
     class_names: list[str]
 
 
-def online_augmentation(spec: dict | None, seed: int) -> keras.Sequential | None:
+def online_augmentation(spec: dict, seed: int) -> keras.Sequential | None:
     """Light random flips and shifts applied to each batch as it is drawn (``train.online_augment``).
 
     Unlike augment's offline copies, every epoch sees new variants at no extra epoch length.
     Keras' own preprocessing layers, seeded; ``None`` when the spec turns everything off.
     """
-    spec = spec or {}
     steps = []
-    if spec.get("horizontal_flip"):
+    if spec["horizontal_flip"]:
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if float(spec.get("shift", 0)) > 0:
+    if float(spec["shift"]) > 0:
         shift = float(spec["shift"])
         steps.append(keras.layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed + 1))
     return keras.Sequential(steps, name="online_augmentation") if steps else None
@@ -163,9 +163,9 @@ def learning_rate(params: dict, total_steps: int, base_lr: float | None = None):
 
 
 def optimizer(params: dict, lr) -> keras.optimizers.Optimizer:
-    name = params.get("optimizer", "adam")
-    weight_decay = float(params.get("weight_decay", 0.0)) or None
-    momentum = float(params.get("momentum", 0.9))
+    name = params["optimizer"]
+    weight_decay = float(params["weight_decay"]) or None
+    momentum = float(params["momentum"])
     if name == "adam":
         return keras.optimizers.Adam(lr)
     if name == "adamw":
@@ -181,7 +181,7 @@ def compile_model(model: keras.Model, params: dict, lr) -> None:
     """Categorical cross-entropy on one-hot targets (the input pipeline one-hots), so label smoothing works."""
     model.compile(
         optimizer=optimizer(params, lr),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0))),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(params["label_smoothing"])),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
 
@@ -259,7 +259,7 @@ def callbacks(
     if patience:
         best_path = backup_dir.parent / f"{backup_dir.name}.best.npz"
         result.append(ResumableEarlyStopping(best_path, history_path, int(patience)))
-    if params.get("schedule") == "plateau":
+    if params["schedule"] == "plateau":
         result.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss",
@@ -284,26 +284,16 @@ def clear_backup(backup_root: Path, keep: str | None = None) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def load_train_data(layout, use_augmented: bool = True) -> TrainData:
+def load_train_data(paths, use_augmented: bool) -> TrainData:
     """Training = the preprocessed train split plus, if wanted, augment's copies; val as preprocessed."""
-    from imgclf.io import read_json, read_npy
+    from imgclf.io import read_json, read_npy, read_split, require
 
-    if not layout.preprocessed_meta.exists():
-        raise PipelineError(f"{layout.preprocessed_meta} not found: run the preprocess stage first")
-    x_train, y_train = read_npy(layout.preprocessed_x("train"), mmap=False), read_npy(layout.preprocessed_y("train"))
-    if len(x_train) == 0:
-        raise PipelineError("the training split is empty: check reports/validation.md and ingest.limit")
+    x_train, y_train = read_split(paths, "train", empty="check reports/validation.md and ingest.limit")
     if use_augmented:
-        if not layout.augmented_x.exists():
-            raise PipelineError(f"{layout.augmented_x} not found: run the augment stage first")
-        x_train = np.concatenate([x_train, read_npy(layout.augmented_x)])
-        y_train = np.concatenate([y_train, read_npy(layout.augmented_y)])
-    x_val, y_val = read_npy(layout.preprocessed_x("val"), mmap=False), read_npy(layout.preprocessed_y("val"))
-    if len(x_val) == 0:
-        raise PipelineError("the validation split is empty: set preprocess.val_fraction > 0")
-    return TrainData(
-        x_train, np.asarray(y_train), x_val, np.asarray(y_val), read_json(layout.preprocessed_meta)["class_names"]
-    )
+        x_train = np.concatenate([x_train, read_npy(require(paths.augmented_x, "augment"))])
+        y_train = np.concatenate([y_train, read_npy(paths.augmented_y)])
+    x_val, y_val = read_split(paths, "val", empty="set preprocess.val_fraction > 0")
+    return TrainData(x_train, np.asarray(y_train), x_val, y_val, read_json(paths.preprocessed_meta)["class_names"])
 
 
 def data_hash(data: TrainData) -> str:
@@ -343,11 +333,13 @@ def fit(
 
     num_classes = len(data.class_names)
     batch_size, epochs, seed = plan.batch_size, plan.epochs, int(params["seed"])
-    augment = online_augmentation(params.get("online_augment"), seed)
+    augment = online_augmentation(params["online_augment"], seed)
     train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed, augment)
     val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
     epoch_logger = EpochLogger()
-    verbose = 2 if os.environ.get("IMGCLF_KERAS_VERBOSE") else 0
+    # In a terminal, Keras' progress bar shows progress within each epoch (an epoch can be a minute);
+    # in a log file or CI, EpochLogger's one line per epoch is all there is.
+    verbose = 1 if sys.stderr.isatty() else 0
     phases = [("train", 0, epochs)]
     if is_pretrained_transfer(params["model"], params):
         frozen = first_phase_steps(params, plan) // plan.steps_per_epoch
@@ -359,10 +351,10 @@ def fit(
             log.info("phase %s already finished before an interruption: weights restored", name)
             continue
         if name == "fine_tune":
-            transfer = params.get("transfer") or {}
-            lr = float(params["learning_rate"]) * float(transfer.get("fine_tune_lr_factor", 0.1))
+            transfer = params["transfer"]
+            lr = float(params["learning_rate"]) * float(transfer["fine_tune_lr_factor"])
             with model.distribute_strategy.scope():  # the new optimizer must belong to the model's strategy
-                count = unfreeze_top(model, int(transfer.get("fine_tune_layers", 20)))
+                count = unfreeze_top(model, int(transfer["fine_tune_layers"]))
                 schedule = learning_rate(params, plan.steps_per_epoch * (last - first), lr)
                 compile_model(model, params, schedule)
             log.info("fine-tuning: %d base layers unfrozen, learning rate %.2g", count, lr)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,17 +36,6 @@ SEVERITIES = ("error", "warn", "off")
 QUARANTINE_COLUMNS = ["id", "split", "label", "source", "rule", "reason"]
 INFO_COLUMNS = ["format", "width", "height", "mode", "decode_error", "phash"]
 LABELLED = ("train", "val")  # splits a model learns from
-DEFAULTS = {
-    "on_error": "quarantine",
-    "max_bad_fraction": 0.05,
-    "min_edge": 0,
-    "max_file_mb": 6,
-    "max_pixels": image_files.MAX_PIXELS,
-    "formats": list(image_files.FORMATS),
-    "near_duplicate_distance": 4,
-    "min_per_class": 1,
-    "max_imbalance_ratio": 10,
-}
 
 
 @dataclass
@@ -89,7 +79,7 @@ def inspect(reader: IngestedImages, manifest: pd.DataFrame, params: dict, worker
     """One row of image facts (``INFO_COLUMNS``) per manifest row, in manifest order."""
     refs = reader.refs(manifest)
     phash = _severities(params)["near_duplicate_across_splits"] != "off"
-    max_pixels = int(params.get("max_pixels", DEFAULTS["max_pixels"]))
+    max_pixels = int(params["max_pixels"])
     infos = reader.map(_inspect, refs, workers, "inspect", max_pixels=max_pixels, phash=phash)
     return pd.DataFrame(infos, columns=INFO_COLUMNS, index=manifest.index)
 
@@ -107,7 +97,7 @@ def _from_ingest(rule: str) -> Callable[..., dict]:
 
 
 def rule_file_size(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
-    limit_mb = float(params.get("max_file_mb", DEFAULTS["max_file_mb"]))
+    limit_mb = float(params["max_file_mb"])
     big = rows[rows["file_bytes"] > limit_mb * 2**20]
     reasons = {i: f"{n / 2**20:.1f} MB > validate.max_file_mb {limit_mb:g}" for i, n in big["file_bytes"].items()}
     not_packed = rows[rows["problem_rule"] == "file_size"]
@@ -124,7 +114,7 @@ def rule_readable(rows: pd.DataFrame, class_names: list[str], params: dict) -> d
 
 
 def rule_format(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
-    allowed = set(params.get("formats") or DEFAULTS["formats"]) | {"array"}
+    allowed = set(params["formats"]) | {"array"}
     flagged = rows[~rows["format"].isin(allowed)]
     return {
         i: f"format {fmt} is not one of validate.formats ({', '.join(sorted(allowed - {'array'}))})"
@@ -133,7 +123,7 @@ def rule_format(rows: pd.DataFrame, class_names: list[str], params: dict) -> dic
 
 
 def rule_max_pixels(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
-    limit = int(params.get("max_pixels", DEFAULTS["max_pixels"]))
+    limit = int(params["max_pixels"])
     pixels = rows["width"].astype(np.int64) * rows["height"].astype(np.int64)
     flagged = rows[pixels > limit]
     return {
@@ -143,7 +133,7 @@ def rule_max_pixels(rows: pd.DataFrame, class_names: list[str], params: dict) ->
 
 
 def rule_min_edge(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
-    min_edge = int(params.get("min_edge", DEFAULTS["min_edge"]))
+    min_edge = int(params["min_edge"])
     edges = np.minimum(rows["width"], rows["height"])
     return {i: f"shortest edge {e} px < validate.min_edge {min_edge}" for i, e in edges[edges < min_edge].items()}
 
@@ -200,7 +190,7 @@ def rule_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str], par
 
 def rule_near_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
     """A training image whose perceptual hash is within a few bits of a test image's: likely the same photo."""
-    max_distance = int(params.get("near_duplicate_distance", DEFAULTS["near_duplicate_distance"]))
+    max_distance = int(params["near_duplicate_distance"])
     hashed = rows[rows["phash"] != ""]
     learn, test = hashed[hashed["split"].isin(LABELLED)], hashed[hashed["split"] == "test"]
     if learn.empty or test.empty:
@@ -229,26 +219,80 @@ ROW_RULES: dict[str, Callable[..., dict]] = {
     "duplicate_across_splits": rule_duplicate_across_splits,
     "near_duplicate_across_splits": rule_near_duplicate_across_splits,
 }
-DATASET_RULES = ("min_per_class", "class_imbalance")
-DEFAULT_SEVERITY = {"near_duplicate_across_splits": "warn", "class_imbalance": "warn"}
+
+
+# --- dataset rules: (training + validation images per class, params) -> DatasetFinding ------------
+
+
+class DatasetFinding(NamedTuple):
+    """What a dataset rule flags: how many things (classes, or the whole set) and one line saying what."""
+
+    hits: int
+    message: str = ""  # empty when nothing is flagged
+
+
+def rule_min_per_class(per_class: pd.Series, params: dict) -> DatasetFinding:
+    min_per_class = int(params["min_per_class"])
+    small = per_class[per_class < min_per_class]
+    if small.empty:
+        return DatasetFinding(0)
+    listing = ", ".join(f"{label} ({n})" for label, n in small.items())
+    return DatasetFinding(
+        len(small), f"class(es) with fewer than validate.min_per_class={min_per_class} training images: {listing}"
+    )
+
+
+def rule_class_imbalance(per_class: pd.Series, params: dict) -> DatasetFinding:
+    max_ratio = float(params["max_imbalance_ratio"])
+    ratio = _imbalance_ratio(per_class)
+    if ratio > max_ratio:
+        return DatasetFinding(1, f"class imbalance ratio {ratio:.1f} > validate.max_imbalance_ratio {max_ratio:g}")
+    return DatasetFinding(0)
+
+
+def _imbalance_ratio(per_class: pd.Series) -> float:
+    """Largest over smallest class, ignoring empty classes (min_per_class reports those); 0 when all are empty."""
+    nonzero = per_class[per_class > 0]
+    return float(nonzero.max() / nonzero.min()) if len(nonzero) else 0.0
+
+
+DATASET_RULES: dict[str, Callable[[pd.Series, dict], DatasetFinding]] = {
+    "min_per_class": rule_min_per_class,
+    "class_imbalance": rule_class_imbalance,
+}
 # Bad files cannot be trained on, whatever the params say: these never go below error.
 ALWAYS_ERROR = ("path_outside", "file_missing", "readable", "max_pixels")
 
 
+# --- options -------------------------------------------------------------------------------------
+
+
+def _check_options(params: dict) -> tuple[str, dict[str, str]]:
+    """``on_error`` and every rule's severity, checked before any image is read."""
+    on_error = params["on_error"]
+    if on_error not in ("quarantine", "fail"):
+        raise PipelineError(f"validate.on_error must be 'quarantine' or 'fail', got {on_error!r}")
+    return on_error, _severities(params)
+
+
 def _severities(params: dict) -> dict[str, str]:
-    configured = params.get("rules") or {}
+    """Each rule's severity from ``validate.rules``; the rules a row cannot survive are always errors."""
+    configured = params["rules"]
     unknown = set(configured) - set(ROW_RULES) - set(DATASET_RULES)
     if unknown:
         raise PipelineError(f"validate.rules has unknown rule(s): {', '.join(sorted(unknown))}")
     severities = {}
     for rule in (*ROW_RULES, *DATASET_RULES):
-        severity = configured.get(rule, DEFAULT_SEVERITY.get(rule, "error"))
+        severity = "error" if rule in ALWAYS_ERROR else configured[rule]
         if severity not in SEVERITIES:
             raise PipelineError(f"validate.rules.{rule} must be one of {SEVERITIES}, got {severity!r}")
         if rule in ALWAYS_ERROR and severity != "error":
             raise PipelineError(f"validate.rules.{rule} must stay 'error': such a row cannot be used at all")
         severities[rule] = severity
     return severities
+
+
+# --- the engine ----------------------------------------------------------------------------------
 
 
 def _with_defaults(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -269,14 +313,34 @@ def validate(
     workers: int | None = None,
 ) -> ValidationResult:
     """Inspect every image, apply all rules; return kept rows, quarantine, warnings, report, failures."""
-    on_error = params.get("on_error", DEFAULTS["on_error"])
-    if on_error not in ("quarantine", "fail"):
-        raise PipelineError(f"validate.on_error must be 'quarantine' or 'fail', got {on_error!r}")
-    severities = _severities(params)
+    on_error, severities = _check_options(params)
     reader = images if isinstance(images, IngestedImages) else IngestedImages.from_array(images)
     manifest = _with_defaults(manifest.reset_index(drop=True))
     rows = manifest.join(inspect(reader, manifest, params, workers))
 
+    row_report, dropped, warned = _run_row_rules(rows, class_names, params, severities)
+    kept, quarantine, warnings = _tables(rows, dropped, warned)
+    per_class = kept[kept["split"].isin(LABELLED)].groupby("label").size().reindex(class_names, fill_value=0)
+    dataset_report, dataset_failures = _run_dataset_rules(per_class, params, severities)
+    failures = [
+        *_row_failures(rows, dropped, on_error),
+        *dataset_failures,
+        *_bad_fraction_failures(len(quarantine), len(rows), params),
+    ]
+    report = _report(
+        len(rows), kept, quarantine, warnings, per_class, row_report | dataset_report, failures, reader.format
+    )
+    return ValidationResult(kept.drop(columns=["decode_error"]), quarantine, warnings, report, failures)
+
+
+def _run_row_rules(
+    rows: pd.DataFrame, class_names: list[str], params: dict, severities: dict[str, str]
+) -> tuple[dict[str, dict], dict[int, tuple[str, str]], list[tuple[int, str, str]]]:
+    """Run ``ROW_RULES`` in order, each on the rows earlier error rules kept.
+
+    Returns each rule's ``{severity, hits}``, the dropped rows ``{row: (rule, reason)}`` and the
+    warned ones ``[(row, rule, reason)]``.
+    """
     rule_report: dict[str, dict] = {}
     dropped: dict[int, tuple[str, str]] = {}
     warned: list[tuple[int, str, str]] = []
@@ -295,12 +359,59 @@ def validate(
             dropped |= {i: (name, reason) for i, reason in reasons.items()}
         else:
             warned += [(i, name, reason) for i, reason in reasons.items()]
+    return rule_report, dropped, warned
 
+
+def _run_dataset_rules(
+    per_class: pd.Series, params: dict, severities: dict[str, str]
+) -> tuple[dict[str, dict], list[str]]:
+    """Run ``DATASET_RULES`` on the kept labelled rows' class counts; return each rule's ``{severity, hits}``
+    and the failures (the messages of ``error`` rules).
+
+    Unlike row rules, a rule at ``off`` still counts its hits in the report; it only says nothing.
+    """
+    rule_report: dict[str, dict] = {}
     failures: list[str] = []
-    if dropped and on_error == "fail":
-        i, (rule, reason) = min(dropped.items())
-        failures.append(f"{len(dropped)} row(s) break error rules, e.g. {rows.at[i, 'id']}: {rule}: {reason}")
+    for name, rule in DATASET_RULES.items():
+        finding = rule(per_class, params)
+        rule_report[name] = {"severity": severities[name], "hits": finding.hits}
+        if finding.hits and severities[name] != "off":
+            if severities[name] == "error":
+                failures.append(finding.message)
+            log.warning(finding.message)
+    return rule_report, failures
 
+
+def _row_failures(rows: pd.DataFrame, dropped: dict[int, tuple[str, str]], on_error: str) -> list[str]:
+    """With ``on_error: fail``, any row an error rule flagged fails the stage (the first one as example)."""
+    if not dropped or on_error != "fail":
+        return []
+    i, (rule, reason) = min(dropped.items())
+    return [f"{len(dropped)} row(s) break error rules, e.g. {rows.at[i, 'id']}: {rule}: {reason}"]
+
+
+def _bad_fraction(quarantined: int, rows_in: int) -> float:
+    return quarantined / rows_in if rows_in else 0.0
+
+
+def _bad_fraction_failures(quarantined: int, rows_in: int, params: dict) -> list[str]:
+    bad_fraction = _bad_fraction(quarantined, rows_in)
+    max_bad = float(params["max_bad_fraction"])
+    if bad_fraction > max_bad:
+        return [
+            f"{quarantined} of {rows_in} rows quarantined ({bad_fraction:.1%}) > validate.max_bad_fraction "
+            f"{max_bad:.1%}; see reports/quarantine.csv"
+        ]
+    return []
+
+
+# --- tables and report ---------------------------------------------------------------------------
+
+
+def _tables(
+    rows: pd.DataFrame, dropped: dict[int, tuple[str, str]], warned: list[tuple[int, str, str]]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Kept rows, the quarantine (in manifest order) and the warnings (in rule order)."""
     positions = sorted(dropped)
     quarantine = rows.loc[positions].assign(
         rule=[dropped[i][0] for i in positions], reason=[dropped[i][1] for i in positions]
@@ -312,62 +423,44 @@ def validate(
         ],
         columns=QUARANTINE_COLUMNS,
     )
-    kept = rows.drop(index=positions)
+    return rows.drop(index=positions), quarantine, warnings
 
-    # dataset rules, on the labelled rows that remain
-    per_class = kept[kept["split"].isin(LABELLED)].groupby("label").size().reindex(class_names, fill_value=0)
-    min_per_class = int(params.get("min_per_class", DEFAULTS["min_per_class"]))
-    small = per_class[per_class < min_per_class]
-    rule_report["min_per_class"] = {"severity": severities["min_per_class"], "hits": len(small)}
-    if len(small) and severities["min_per_class"] != "off":
-        message = "class(es) with fewer than validate.min_per_class={} training images: {}".format(
-            min_per_class, ", ".join(f"{label} ({n})" for label, n in small.items())
-        )
-        (failures if severities["min_per_class"] == "error" else []).append(message)
-        log.warning(message)
-    nonzero = per_class[per_class > 0]
-    imbalance = float(nonzero.max() / nonzero.min()) if len(nonzero) else 0.0
-    max_ratio = float(params.get("max_imbalance_ratio", DEFAULTS["max_imbalance_ratio"]))
-    imbalanced = imbalance > max_ratio
-    rule_report["class_imbalance"] = {"severity": severities["class_imbalance"], "hits": int(imbalanced)}
-    if imbalanced and severities["class_imbalance"] != "off":
-        message = f"class imbalance ratio {imbalance:.1f} > validate.max_imbalance_ratio {max_ratio:g}"
-        (failures if severities["class_imbalance"] == "error" else []).append(message)
-        log.warning(message)
 
-    rows_in = len(rows)
-    bad_fraction = len(quarantine) / rows_in if rows_in else 0.0
-    max_bad = float(params.get("max_bad_fraction", DEFAULTS["max_bad_fraction"]))
-    if bad_fraction > max_bad:
-        failures.append(
-            f"{len(quarantine)} of {rows_in} rows quarantined ({bad_fraction:.1%}) > validate.max_bad_fraction {max_bad:.1%}; "
-            "see reports/quarantine.csv"
-        )
-
+def _report(
+    rows_in: int,
+    kept: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    warnings: pd.DataFrame,
+    per_class: pd.Series,
+    rules: dict[str, dict],
+    failures: list[str],
+    image_format: str,
+) -> dict:
+    """``reports/validation.json``: counts, every rule's hits, and what the kept images look like."""
     report = {
         "rows_in": rows_in,
         "rows_kept": len(kept),
         "rows_quarantined": len(quarantine),
         "rows_warned": int(warnings["id"].nunique()),
-        "bad_fraction": round(bad_fraction, 6),
+        "bad_fraction": round(_bad_fraction(len(quarantine), rows_in), 6),
         "passed": not failures,
         "errors": len(failures),
-        "warnings": sum(1 for r in rule_report.values() if r["severity"] == "warn" and r["hits"]),
-        "rules": rule_report,
+        "warnings": sum(1 for r in rules.values() if r["severity"] == "warn" and r["hits"]),
+        "rules": rules,
         "splits": {split: int(n) for split, n in kept.groupby("split").size().items()},
         "classes": {label: int(n) for label, n in per_class.items()},
         "classes_test": {label: int(n) for label, n in kept[kept["split"] == "test"].groupby("label").size().items()},
         "quarantined_by_rule": {rule: int(n) for rule, n in quarantine.groupby("rule").size().items()},
-        "imbalance_ratio": round(imbalance, 4),
+        "imbalance_ratio": round(_imbalance_ratio(per_class), 4),
         "formats": {fmt: int(n) for fmt, n in kept.groupby("format").size().items()},
         "modes": {mode: int(n) for mode, n in kept.groupby("mode").size().items()},
         "image_edges": _stats(np.minimum(kept["width"], kept["height"])),
         "image_widths": _stats(kept["width"]),
         "image_heights": _stats(kept["height"]),
-        "file_mb": _stats(kept["file_bytes"] / 2**20, digits=3) if reader.format == "bytes" else None,
+        "file_mb": _stats(kept["file_bytes"] / 2**20, digits=3) if image_format == "bytes" else None,
     }
     assert report["rows_in"] == report["rows_kept"] + report["rows_quarantined"]
-    return ValidationResult(kept.drop(columns=["decode_error"]), quarantine, warnings, report, failures)
+    return report
 
 
 def _stats(values: pd.Series, digits: int = 0) -> dict:

@@ -1,35 +1,27 @@
 """Stage export-tflite: the Keras model -> verified .tflite variants, labels.txt and reports/export.json."""
 
 import logging
-import sys
 
-import keras
 import mlflow
 
 from imgclf import export, tracking
-from imgclf.io import PipelineError, describe, load_params, read_json, read_npy, run_stage, write_json, write_text
-from imgclf.paths import layout
+from imgclf.io import PipelineError, read_json, read_npy, read_split, write_json, write_text
+from imgclf.models import load_trained
+from imgclf.stage import run_stage
 
-log = logging.getLogger("imgclf.export")
+log = logging.getLogger(__name__)
 
 
-def main() -> None:
-    params = load_params("export")
-    paths = layout()
-    if not paths.model.exists():
-        raise PipelineError(f"{paths.model} not found: run the train stage first")
-    model = keras.models.load_model(paths.model, compile=False)
+def main(params, paths):
+    model = load_trained(paths)
     meta = read_json(paths.preprocessed_meta)
-    x_test, y_test = read_npy(paths.preprocessed_x("test"), mmap=False), read_npy(paths.preprocessed_y("test"))
-    if len(x_test) == 0:
-        raise PipelineError("the test split is empty: nothing to verify the exported models on")
+    x_test, y_test = read_split(paths, "test", empty="nothing to verify the exported models on")
     calibration = export.calibration_sample(
         read_npy(paths.preprocessed_x("train")), int(params["calibration_samples"]), int(params["seed"])
     )
-    variants = list(params["variants"])
-    files = export.export_all(export.float32_copy(model), variants, calibration, paths)  # TFLite needs float32
+    files = export.export_all(export.float32_copy(model), list(params["variants"]), calibration, paths)
 
-    keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)
+    keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)  # as trained, any precision
     report = {
         "keras_accuracy": round(float((keras_pred == y_test).mean()), 6),
         "keras_precision": export.keras_precision(model),
@@ -55,9 +47,8 @@ def main() -> None:
         log.warning("%s", note)
     if failures:
         raise PipelineError(f"{len(failures)} variant(s) lost too much accuracy: {'; '.join(failures)}")
-    for path in (*files.values(), paths.labels, paths.export_report):
-        log.info("wrote %s", describe(path))
+    return [*files.values(), paths.labels, paths.export_report]
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("export-tflite", main))
+    run_stage("export-tflite", main)

@@ -1,24 +1,19 @@
 """Stage ingest: the source dataset -> data/ingested/ (packed images + manifest)."""
 
 import logging
-import sys
 
 from imgclf.ingest import ingest
-from imgclf.io import describe, load_params, run_stage
-from imgclf.paths import layout
+from imgclf.stage import run_stage
 
-log = logging.getLogger("imgclf.ingest")
+log = logging.getLogger(__name__)
 
 
-def main() -> None:
-    params = load_params("ingest")
-    paths = layout()
+def main(params, paths):
     meta = ingest(params, paths)
     log.info("%d rows, %d classes, format %s", meta["rows"], len(meta["class_names"]), meta["format"])
-    for path in (paths.ingested_images, paths.ingested_blob, paths.ingested_manifest, paths.ingested_meta):
-        if path.exists():
-            log.info("wrote %s", describe(path))
+    candidates = (paths.ingested_images, paths.ingested_blob, paths.ingested_manifest, paths.ingested_meta)
+    return [path for path in candidates if path.exists()]
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("ingest", main))
+    run_stage("ingest", main)

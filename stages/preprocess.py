@@ -1,25 +1,21 @@
 """Stage preprocess: validated rows -> uint8 arrays (N,H,W,C) per split, class names, split index."""
 
 import logging
-import sys
 
 import numpy as np
 
 from imgclf.ingest import read_ingested, read_manifest
-from imgclf.io import PipelineError, describe, load_params, run_stage, write_csv, write_json, write_npy
-from imgclf.paths import SPLITS, layout
+from imgclf.io import PipelineError, describe, require, write_csv, write_json, write_npy
+from imgclf.paths import SPLITS
 from imgclf.preprocess import COLOR_MODES, assign_splits, write_split
+from imgclf.stage import run_stage
 
-log = logging.getLogger("imgclf.preprocess")
+log = logging.getLogger(__name__)
 
 
-def main() -> None:
-    params = load_params("preprocess")
-    paths = layout()
+def main(params, paths):
     images, _, meta = read_ingested(paths)
-    if not paths.validated_manifest.exists():
-        raise PipelineError(f"{paths.validated_manifest} not found: run the validate stage first")
-    manifest = read_manifest(paths.validated_manifest).reset_index(drop=True)
+    manifest = read_manifest(require(paths.validated_manifest, "validate")).reset_index(drop=True)
     class_names = meta["class_names"]
     size, color_mode = int(params["image_size"]), params["color_mode"]
     manifest["split"] = assign_splits(
@@ -37,7 +33,7 @@ def main() -> None:
     counts = {}
     for split in (*SPLITS, "predict"):
         rows = manifest[manifest["split"] == split]
-        write_split(images, images.refs(rows), paths.preprocessed_x(split), size, color_mode, params.get("workers"))
+        write_split(images, images.refs(rows), paths.preprocessed_x(split), size, color_mode, params["workers"])
         write_npy(paths.preprocessed_y(split), rows["label_index"].to_numpy(dtype=np.int64))
         counts[split] = len(rows)
         log.info("%s: %d images -> %s", split, len(rows), describe(paths.preprocessed_x(split)))
@@ -55,7 +51,8 @@ def main() -> None:
             "counts": counts,
         },
     )
+    return [paths.preprocessed_index, paths.preprocessed_meta]
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("preprocess", main))
+    run_stage("preprocess", main)

@@ -5,19 +5,19 @@ started again with the same params and data (see imgclf.training).
 """
 
 import logging
-import sys
 
 import keras
 import mlflow
 import numpy as np
 
 from imgclf import tracking, training
-from imgclf.io import atomic_path, describe, load_params, run_stage, write_csv, write_json
+from imgclf.io import atomic_path, write_csv, write_json
 from imgclf.models import build_model
-from imgclf.paths import layout
+from imgclf.params import read_file
 from imgclf.plan import TrainingPlan, plan_training
+from imgclf.stage import run_stage
 
-log = logging.getLogger("imgclf.train")
+log = logging.getLogger(__name__)
 
 
 def log_plan(plan: TrainingPlan) -> None:
@@ -37,15 +37,13 @@ def log_plan(plan: TrainingPlan) -> None:
         log.warning("%s", warning)
 
 
-def main() -> None:
-    params, all_params = load_params("train"), load_params()
-    paths = layout()
+def main(params, paths):
     keras.utils.set_random_seed(int(params["seed"]))
-    data = training.load_train_data(paths, bool(params.get("use_augmented", True)))
+    data = training.load_train_data(paths, params["use_augmented"])
     log.info("training on %d images (%s), validating on %d", len(data.x_train), data.x_train.shape[1:], len(data.x_val))
     plan = plan_training(params, len(data.x_train), data.y_val, len(data.class_names))
     log_plan(plan)
-    precision = training.set_precision(params.get("mixed_precision", "auto"))
+    precision = training.set_precision(params["mixed_precision"])
     strategy = training.distribution_strategy()
     chief = training.is_chief()
 
@@ -53,7 +51,7 @@ def main() -> None:
     run_dir = paths.train_backup / training.backup_key(params, data_hash)
     training.clear_backup(paths.train_backup, keep=run_dir.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    history_tmp = run_dir / "history.csv"
+    epoch_log = run_dir / "history.csv"  # grows epoch by epoch; reports/train/history.csv once finished
 
     with strategy.scope():
         model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
@@ -62,42 +60,35 @@ def main() -> None:
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
 
-    experiment_id = tracking.configure(paths.root, params.get("experiment_name", "imgclf"))
-    run_id_file = run_dir / "mlflow_run_id"
-    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, log_system_metrics=False) as run:
-        run_id_file.write_text(run.info.run_id)
-        if run_id is None:
-            mlflow.log_params(tracking.flatten(all_params) | plan.mlflow_params())
+    with tracking.resumable_run(run_dir, paths.root, params["experiment_name"]) as (run, resumed):
+        if not resumed:
+            mlflow.log_params(tracking.flatten(read_file()) | plan.mlflow_params())
             mlflow.set_tags(tracking.run_tags(paths.root, data_hash, params["model"]))
-        else:
-            log.info("continuing MLflow run %s", run.info.run_id)
         mlflow.set_tag("training_setup", setup)  # also when resumed: it may resume on other devices
-        extra = [tracking.EpochMetrics(log_setup=run_id is None)] if chief else []
-        epochs = training.fit(model, data, params, plan, run_dir, history_tmp, extra)
+        extra = [tracking.EpochMetrics(log_setup=not resumed)] if chief else []
+        epoch_logger = training.fit(model, data, params, plan, run_dir, epoch_log, extra)
         if not chief:
-            return
+            return []
 
-        history = training.read_history(history_tmp)
+        history = training.read_history(epoch_log)
         write_csv(paths.history, history)
         write_json(paths.train_plan, plan.as_dict())
         mlflow.log_artifact(str(paths.train_plan), "train")
         with atomic_path(paths.model) as tmp:
             model.save(tmp)
-        info = tracking.log_keras_model(model, np.asarray(data.x_val[:4]), params.get("registered_model_name"))
+        info = tracking.log_keras_model(model, np.asarray(data.x_val[:4]), params["registered_model_name"])
         registered = (
             {"name": params["registered_model_name"], "version": info.registered_model_version}
-            if params.get("registered_model_name")
+            if params["registered_model_name"]
             else None
         )
         mlflow.log_artifact(str(paths.history), "train")
-        mlflow.set_tag("resumed_from_epoch", str(epochs.first_epoch or 0))
+        mlflow.set_tag("resumed_from_epoch", str(epoch_logger.first_epoch or 0))
         tracking.write_run_info(paths, mlflow.get_run(run.info.run_id), registered)
     training.clear_backup(paths.train_backup)  # finished: nothing left to resume
     log.info("epochs run: %d, best val_loss %.4f", len(history), history["val_loss"].min())
-    for path in (paths.model, paths.history, paths.train_plan, paths.run_info):
-        log.info("wrote %s", describe(path))
+    return [paths.model, paths.history, paths.train_plan, paths.run_info]
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("train", main))
+    run_stage("train", main)

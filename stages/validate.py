@@ -1,22 +1,19 @@
 """Stage validate: data/ingested/ -> data/validated/ (kept rows) + quarantine, warnings and reports."""
 
 import logging
-import sys
 
 from imgclf.ingest import read_ingested
-from imgclf.io import PipelineError, describe, load_params, run_stage, write_csv, write_json, write_text
-from imgclf.paths import layout
+from imgclf.io import PipelineError, write_csv, write_json, write_text
+from imgclf.stage import run_stage
 from imgclf.validation import summary_markdown, validate
 
-log = logging.getLogger("imgclf.validate")
+log = logging.getLogger(__name__)
 
 
-def main() -> None:
-    params = load_params("validate")
-    paths = layout()
+def main(params, paths):
     images, manifest, meta = read_ingested(paths)
     log.info("read %d rows from %s", len(manifest), paths.ingested_manifest)
-    result = validate(manifest, images, meta["class_names"], params, params.get("workers"))
+    result = validate(manifest, images, meta["class_names"], params, params["workers"])
     # Reports are written even when the stage fails, so the user can read why.
     write_csv(paths.quarantine, result.quarantine)
     write_csv(paths.validation_warnings, result.warnings)
@@ -33,9 +30,8 @@ def main() -> None:
     if result.failures:
         raise PipelineError(f"validation failed: {result.failures[0]} (see {paths.validation_summary})")
     write_csv(paths.validated_manifest, result.kept)
-    for path in (paths.validated_manifest, paths.quarantine, paths.validation_warnings, paths.validation_report):
-        log.info("wrote %s", describe(path))
+    return [paths.validated_manifest, paths.quarantine, paths.validation_warnings, paths.validation_report]
 
 
 if __name__ == "__main__":
-    sys.exit(run_stage("validate", main))
+    run_stage("validate", main)

@@ -15,7 +15,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from imgclf.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
-from imgclf.paths import copy_pipeline
+from tests.pipeline_copy import copy_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +94,23 @@ def repo_copy(tmp_path) -> Path:
     return root
 
 
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied key by key, nested sections merged rather than replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def shipped(section: str, **overrides) -> dict:
+    """A params section as the repository's params.yaml ships it (checked), with ``overrides`` merged in:
+    the library takes whole sections, as the stages pass them."""
+    from imgclf.params import load_section
+    from imgclf.paths import REPO_ROOT
+
+    return merged(load_section(section, REPO_ROOT / "params.yaml"), overrides)
+
+
 def set_params(root: Path, **sections) -> None:
     """Update params.yaml in ``root``: set_params(root, ingest={"limit": 20})."""
     import yaml
@@ -101,8 +118,8 @@ def set_params(root: Path, **sections) -> None:
     path = root / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in sections.items():
-        params[section].update(values)
+        params[section] = merged(params[section], values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-__all__ = ["FASHION_MNIST_CLASSES", "manifest_for", "run", "set_params", "write_idx"]
+__all__ = ["FASHION_MNIST_CLASSES", "manifest_for", "merged", "run", "set_params", "shipped", "write_idx"]

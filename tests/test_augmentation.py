@@ -5,17 +5,21 @@ import pytest
 from imgclf import augmentation
 from imgclf.augmentation import build_policy, materialize, save_policy
 from imgclf.io import PipelineError
+from tests.conftest import shipped
 
-POLICY = {
-    "horizontal_flip": {"p": 0.5},
-    "vertical_flip": {"p": 0.0},
-    "affine": {"p": 0.7, "shift": 0.1, "scale": [0.9, 1.1], "rotate": 15},
-    "random_resized_crop": {"p": 0.2, "scale": [0.8, 1.0]},
-    "brightness_contrast": {"p": 0.3},
-    "gauss_noise": {"p": 0.2},
-    "blur": {"p": 0.1},
-    "coarse_dropout": {"p": 0.3},
-}
+POLICY = shipped(
+    "augment",
+    policy={
+        "horizontal_flip": {"p": 0.5},
+        "vertical_flip": {"p": 0.0},
+        "affine": {"p": 0.7, "shift": 0.1, "scale": [0.9, 1.1], "rotate": 15},
+        "random_resized_crop": {"p": 0.2, "scale": [0.8, 1.0]},
+        "brightness_contrast": {"p": 0.3},
+        "gauss_noise": {"p": 0.2},
+        "blur": {"p": 0.1},
+        "coarse_dropout": {"p": 0.3},
+    },
+)["policy"]
 
 
 @pytest.fixture
@@ -34,9 +38,17 @@ def test_policy_holds_enabled_transforms_and_roundtrips_through_albumentations(t
     assert A.to_dict(reloaded) == A.to_dict(policy)
 
 
-def test_unknown_transform_is_a_clear_error():
-    with pytest.raises(PipelineError, match="unknown transform"):
-        build_policy({"mixup": {"p": 1}}, (28, 28))
+def test_unknown_transform_is_a_one_line_params_error(tmp_path):
+    import yaml
+
+    from imgclf.params import load_section
+    from imgclf.paths import REPO_ROOT
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["augment"]["policy"]["mixup"] = {"p": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PipelineError, match=r"augment\.policy\.mixup is not a key of augment\.policy; the keys"):
+        load_section("augment", tmp_path / "params.yaml")
 
 
 def test_materialize_is_identical_for_any_worker_count_and_seed_dependent(images, monkeypatch):

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from imgclf import baseline
-from imgclf.io import PipelineError, load_params
+from imgclf.io import PipelineError
+from imgclf.params import load_section
 from imgclf.paths import REPO_ROOT
 
-PARAMS = load_params("evaluate", REPO_ROOT / "params.yaml")["baseline"]
+PARAMS = load_section("evaluate", REPO_ROOT / "params.yaml")["baseline"]
 
 
 def _split(digits):

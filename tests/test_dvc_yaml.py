@@ -2,11 +2,11 @@
 
 import yaml
 
+from imgclf.params import STAGE_SECTIONS as SECTIONS  # stage name -> its params section
 from imgclf.paths import REPO_ROOT, layout
 
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-SECTIONS = {"export-tflite": "export"}  # stage name -> its params section
 
 
 def _names(entries):

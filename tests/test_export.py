@@ -9,6 +9,7 @@ from imgclf import export
 from imgclf.models import build_model
 from imgclf.paths import Layout
 from imgclf.predict import collect, predict
+from tests.conftest import shipped
 
 # Stated tolerances: max |p_tflite - p_keras| over all classes and images.
 TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "dynamic": 0.05, "int8": 0.08}
@@ -19,7 +20,7 @@ def small_model(digits):
     images, target = digits
     x = np.stack([cv2.resize(i, (28, 28))[:, :, None] for i in images])
     keras.utils.set_random_seed(0)
-    model = build_model("simple_cnn", (28, 28, 1), 10, {"simple_cnn": {"filters": [8, 16], "dense": 128}})
+    model = build_model("simple_cnn", (28, 28, 1), 10, shipped("train", simple_cnn={"filters": [8, 16], "dense": 128}))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, target, epochs=2, batch_size=64, verbose=0)
     return model, x

@@ -21,7 +21,7 @@ from imgclf.io import PipelineError
 from imgclf.paths import Layout
 from imgclf.preprocess import write_split
 from imgclf.validation import validate
-from tests.conftest import run, set_params
+from tests.conftest import run, set_params, shipped
 from tests.photos import CLASSES, class_folder_dataset, csv_dataset, photo, random_photo, save
 
 RNG = np.random.default_rng(7)
@@ -33,7 +33,7 @@ VALIDATE = {
     "formats": ["JPEG", "PNG", "BMP", "GIF", "WEBP"],  # no TIFF, so scan.tif breaks the format rule
     "near_duplicate_distance": 6,
     "max_bad_fraction": 1.0,
-}
+}  # over the shipped validate section
 
 
 # --- decoding: every mode a photo folder holds -------------------------------------------------
@@ -228,9 +228,14 @@ EXPECTED_CSV = {
 
 def _ingest_and_validate(source: Path, tmp_path: Path, ingest_params: dict, validate_params: dict):
     layout = Layout(tmp_path / "repo")
-    ingest({"source": str(source), **ingest_params}, layout)
+    ingest(shipped("ingest", source=str(source), **ingest_params), layout)
     reader, manifest, meta = read_ingested(layout)
-    return meta, reader, manifest, validate(manifest, reader, meta["class_names"], validate_params, workers=2)
+    return (
+        meta,
+        reader,
+        manifest,
+        validate(manifest, reader, meta["class_names"], shipped("validate", **validate_params), workers=2),
+    )
 
 
 def test_hostile_csv_dataset_every_row_kept_or_quarantined_with_its_reason(hostile_csv, tmp_path):
@@ -301,12 +306,12 @@ def test_layouts_are_detected_and_limit_applies_per_class_and_split(tmp_path):
     csv_root = csv_dataset(tmp_path / "csv", per_class=4, unlabelled=3)
     flat_root = class_folder_dataset(tmp_path / "flat", per_class=4)
     assert detect_layout(csv_root) == "csv" and detect_layout(flat_root) == "class_folders"
-    listing = list_folder(csv_root, {"limit": 2})
+    listing = list_folder(csv_root, shipped("ingest", limit=2))
     assert listing.rows.groupby(["split", "label"]).size().to_dict() == {
         ("predict", ""): 2,
         **{("train", c): 2 for c in CLASSES},
     }
-    flat = list_folder(flat_root, {})
+    flat = list_folder(flat_root, shipped("ingest"))
     assert set(flat.rows["split"]) == {"train"} and len(flat.rows) == 12 and flat.class_names == list(CLASSES)
 
 
@@ -315,9 +320,11 @@ def test_data_artifacts_are_byte_identical_whatever_the_worker_count(tmp_path):
     outputs = []
     for workers in (1, 2):
         layout = Layout(tmp_path / f"out{workers}")
-        ingest({"source": str(root), "workers": workers}, layout)
+        ingest(shipped("ingest", source=str(root), workers=workers), layout)
         reader, manifest, meta = read_ingested(layout)
-        result = validate(manifest, reader, meta["class_names"], {"near_duplicate_distance": 4}, workers=workers)
+        result = validate(
+            manifest, reader, meta["class_names"], shipped("validate", near_duplicate_distance=4), workers=workers
+        )
         write_split(reader, reader.refs(result.kept), tmp_path / f"x{workers}.npy", 24, "rgb", workers=workers)
         outputs.append(
             (
@@ -376,7 +383,7 @@ def test_links_long_names_and_oversized_files_are_accounted_for(tmp_path):
     outside = csv_dataset(tmp_path / "elsewhere", per_class=1, unlabelled=2) / "test"
     (root / "test").symlink_to(outside)  # test/ is a link out of the dataset folder
     with pytest.raises(PipelineError, match="outside the dataset folder"):
-        list_folder(root, {})
+        list_folder(root, shipped("ingest"))
     (root / "test").unlink()
 
     labels = root / "train" / "labels.csv"
@@ -401,7 +408,7 @@ def test_repeated_names_get_ids_that_are_never_reused(tmp_path):
     labels = root / "train" / "labels.csv"
     first = labels.read_text().splitlines()[1]
     labels.write_text(labels.read_text() + f"{first}\n{first}\n")
-    rows = list_folder(root, {}).rows
+    rows = list_folder(root, shipped("ingest")).rows
     assert rows["id"].is_unique and len(rows) == 8
 
 

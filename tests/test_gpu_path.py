@@ -24,8 +24,9 @@ from mlflow.tracking import MlflowClient
 from imgclf import export, training
 from imgclf.io import PipelineError, read_json
 from imgclf.models import build_model
-from imgclf.paths import copy_pipeline, layout
-from tests.conftest import run, set_params
+from imgclf.paths import layout
+from tests.conftest import run, set_params, shipped
+from tests.pipeline_copy import copy_pipeline
 
 MIRRORED_TRAIN = Path(__file__).with_name("mirrored_train.py")
 
@@ -40,7 +41,7 @@ def global_policy():
 def _mixed_model(nested: bool, policy: str = "mixed_float16") -> keras.Model:
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(policy)
-    model = build_model("simple_cnn", (28, 28, 1), 10, {"simple_cnn": {"filters": [8, 16], "dense": 32}})
+    model = build_model("simple_cnn", (28, 28, 1), 10, shipped("train", simple_cnn={"filters": [8, 16], "dense": 32}))
     if nested:  # the network as one layer of an outer model, as keras.applications bases are
         inputs = keras.Input((28, 28, 1), dtype="uint8", name="outer_image")
         model = keras.Model(inputs, model(inputs), name="outer")

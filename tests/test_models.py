@@ -6,12 +6,14 @@ import pytest
 
 from imgclf.io import PipelineError
 from imgclf.models import MODELS, build_model, is_pretrained_transfer, unfreeze_top
+from tests.conftest import shipped
 
-PARAMS = {
-    "simple_cnn": {"filters": [8, 16], "dense": 32, "dropout": [0.1, 0.2]},
-    "resnet_small": {"widths": [8, 16], "blocks_per_stage": 1, "dropout": 0.1},
-    "transfer": {"weights": None, "input_size": 32, "dropout": 0.1},
-}
+PARAMS = shipped(
+    "train",
+    simple_cnn={"filters": [8, 16], "dense": 32, "dropout": [0.1, 0.2]},
+    resnet_small={"widths": [8, 16], "blocks_per_stage": 1, "dropout": 0.1},
+    transfer={"weights": None, "input_size": 32, "dropout": 0.1},
+)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -45,14 +47,14 @@ def test_offline_imagenet_is_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
     with pytest.raises(PipelineError, match=r"offline\. Set train\.transfer\.weights to null"):
-        build_model("mobilenet_v2", (28, 28, 1), 10, {"transfer": {"weights": "imagenet"}})
+        build_model("mobilenet_v2", (28, 28, 1), 10, shipped("train", transfer={"weights": "imagenet"}))
 
 
 def test_weights_from_a_file_and_fine_tuning(tmp_path):
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
     weights = tmp_path / "base.weights.h5"
     base.save_weights(weights)
-    params = {"transfer": {"weights": str(weights)}}
+    params = shipped("train", transfer={"weights": str(weights)})
     assert is_pretrained_transfer("mobilenet_v2", params)
     model = build_model("mobilenet_v2", (28, 28, 1), 4, params)
     base_layer = next(layer for layer in model.layers if isinstance(layer, keras.Model))
@@ -65,6 +67,6 @@ def test_weights_from_a_file_and_fine_tuning(tmp_path):
 
 def test_bad_model_names_and_weight_paths():
     with pytest.raises(PipelineError, match="is not one of"):
-        build_model("vgg99", (28, 28, 1), 3, {})
+        build_model("vgg99", (28, 28, 1), 3, PARAMS)
     with pytest.raises(PipelineError, match="neither 'imagenet', null nor an existing weights file"):
-        build_model("efficientnet_b0", (28, 28, 1), 3, {"transfer": {"weights": "/no/such.h5"}})
+        build_model("efficientnet_b0", (28, 28, 1), 3, shipped("train", transfer={"weights": "/no/such.h5"}))

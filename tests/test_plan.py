@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from imgclf.io import PipelineError, load_params
+from imgclf.io import PipelineError
+from imgclf.params import load_section
 from imgclf.paths import REPO_ROOT
 from imgclf.plan import plan_training
 
-SHIPPED = load_params("train", REPO_ROOT / "params.yaml")
+SHIPPED = load_section("train", REPO_ROOT / "params.yaml")
 
 
 def _val(per_class: int, classes: int) -> np.ndarray:

@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 
 from imgclf import training
-from imgclf.io import PipelineError, load_params
+from imgclf.io import PipelineError
 from imgclf.models import build_model
+from imgclf.params import load_section
 from imgclf.paths import REPO_ROOT
 from imgclf.plan import plan_training
 
-SHIPPED = load_params("train", REPO_ROOT / "params.yaml")
+SHIPPED = load_section("train", REPO_ROOT / "params.yaml")
 BASE = {**SHIPPED, "learning_rate": 0.01, "batch_size": 32, "epochs": 4, "seed": 1, "model": "simple_cnn"}
 
 
@@ -28,11 +29,11 @@ def test_cosine_schedule_warms_up_then_decays():
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
 def test_optimizers(name):
-    optimizer = training.optimizer({"optimizer": name, "weight_decay": 1e-4, "momentum": 0.8}, 0.1)
+    optimizer = training.optimizer({**BASE, "optimizer": name, "weight_decay": 1e-4, "momentum": 0.8}, 0.1)
     expected = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
     assert type(optimizer) is expected.get(name, keras.optimizers.RMSprop)
     with pytest.raises(PipelineError, match="optimizer"):
-        training.optimizer({"optimizer": "lion"}, 0.1)
+        training.optimizer({**BASE, "optimizer": "lion"}, 0.1)
 
 
 def test_train_dataset_is_seeded_and_one_hot():
@@ -104,9 +105,9 @@ def test_pretrained_transfer_trains_in_two_phases_with_continuous_epochs(tmp_pat
         **BASE,
         "model": "mobilenet_v2",
         "epochs": 3,
-        "transfer": {"weights": str(weights), "frozen_epochs": 1, "fine_tune_layers": 5},
+        "transfer": {**SHIPPED["transfer"], "weights": str(weights), "frozen_epochs": 1, "fine_tune_layers": 5},
     }
-    model = build_model("mobilenet_v2", x.shape[1:], 10, {"transfer": params["transfer"]})
+    model = build_model("mobilenet_v2", x.shape[1:], 10, params)
     training.compile_model(model, params, 0.01)
     history_path = tmp_path / "history.csv"
     plan = plan_training(params, len(data.x_train), data.y_val, 10)
@@ -116,7 +117,9 @@ def test_pretrained_transfer_trains_in_two_phases_with_continuous_epochs(tmp_pat
 
 
 def test_early_stopping_state_survives_a_restart(tmp_path):
-    model = build_model("simple_cnn", (8, 8, 1), 3, {"simple_cnn": {"filters": [4], "dense": 8}})
+    model = build_model(
+        "simple_cnn", (8, 8, 1), 3, {**BASE, "simple_cnn": {**BASE["simple_cnn"], "filters": [4], "dense": 8}}
+    )
     weights = [w + 1.0 for w in model.get_weights()]
     np.savez(tmp_path / "best.npz", **{f"w{i}": w for i, w in enumerate(weights)})
     pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [1.0, 0.8, 0.9, 0.85]}).to_csv(tmp_path / "h.csv", index=False)

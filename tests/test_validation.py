@@ -3,17 +3,19 @@ import pytest
 
 from imgclf.io import PipelineError
 from imgclf.validation import summary_markdown, validate
-from tests.conftest import manifest_for
+from tests.conftest import manifest_for, merged, shipped
 
 CLASSES = [str(d) for d in range(10)]
-PARAMS = {
-    "on_error": "quarantine",
-    "max_bad_fraction": 0.05,
-    "min_edge": 8,
-    "min_per_class": 30,
-    "max_imbalance_ratio": 10,
-    "rules": {"class_imbalance": "warn"},
-}
+PARAMS = shipped(
+    "validate",
+    on_error="quarantine",
+    max_bad_fraction=0.05,
+    min_edge=8,
+    min_per_class=30,
+    max_imbalance_ratio=10,
+    near_duplicate_distance=4,
+    rules={"class_imbalance": "warn"},
+)
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_rows_in_equals_kept_plus_quarantined_with_reasons(digits_data):
 
 def test_warn_keeps_rows_and_off_skips_rule(digits_data):
     images, manifest = digits_data
-    params = {**PARAMS, "rules": {"duplicate_in_split": "warn", "duplicate_across_splits": "off"}}
+    params = merged(PARAMS, {"rules": {"duplicate_in_split": "warn", "duplicate_across_splits": "off"}})
     result = validate(manifest, images, CLASSES, params)
     assert result.report["rules"]["duplicate_in_split"]["hits"] >= 3
     assert result.report["rules"]["duplicate_across_splits"] == {"severity": "off", "hits": 0}
@@ -88,11 +90,7 @@ def test_dataset_rules_min_per_class_and_imbalance(digits):
         manifest,
         images,
         CLASSES,
-        {
-            **PARAMS,
-            "max_imbalance_ratio": 5,
-            "rules": {"duplicate_in_split": "off", "class_imbalance": "warn"},
-        },
+        merged(PARAMS, {"max_imbalance_ratio": 5, "rules": {"duplicate_in_split": "off", "class_imbalance": "warn"}}),
     )
     assert any("3 (" in f and "min_per_class" in f for f in result.failures)
     assert result.report["imbalance_ratio"] > 5
@@ -104,6 +102,6 @@ def test_dataset_rules_min_per_class_and_imbalance(digits):
 def test_bad_params_are_clear_errors(digits_data):
     images, manifest = digits_data
     with pytest.raises(PipelineError, match="unknown rule"):
-        validate(manifest, images, CLASSES, {**PARAMS, "rules": {"nope": "error"}})
+        validate(manifest, images, CLASSES, merged(PARAMS, {"rules": {"nope": "error"}}))
     with pytest.raises(PipelineError, match="must be one of"):
-        validate(manifest, images, CLASSES, {**PARAMS, "rules": {"min_edge": "fatal"}})
+        validate(manifest, images, CLASSES, merged(PARAMS, {"rules": {"min_edge": "fatal"}}))

@@ -1,0 +1,158 @@
+"""params.yaml against its schema: every value there, every key read, typos and bad values in one line."""
+
+import re
+
+import pytest
+import yaml
+
+from imgclf.io import PipelineError
+from imgclf.params import SCHEMA, STAGE_SECTIONS, leaf_keys, load_section, reference_markdown
+from imgclf.paths import REPO_ROOT
+from tests.conftest import run
+
+SHIPPED = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+CODE = {
+    path: path.read_text()
+    for folder in ("imgclf", "stages")
+    for path in sorted((REPO_ROOT / folder).glob("*.py"))
+    if path.name != "params.py"
+}
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and f"{prefix}{key}" not in leaf_keys():
+            keys |= _leaves(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_the_shipped_file_passes_and_holds_exactly_the_schema():
+    for section in SCHEMA:
+        load_section(section, REPO_ROOT / "params.yaml")
+    assert _leaves(SHIPPED) == set(leaf_keys())
+    assert set(SHIPPED) == set(SCHEMA)
+
+
+def test_every_key_is_read_by_the_code():
+    """A key nobody reads is a setting that silently does nothing."""
+    code = "\n".join(CODE.values())
+    unread = [key for key in leaf_keys() if f'"{key.split(".")[-1]}"' not in code]
+    assert unread == []
+
+
+def test_every_key_the_code_reads_is_in_the_schema():
+    names = {part for key in leaf_keys() for part in key.split(".")}
+    read = {
+        (path.name, name)
+        for path, text in CODE.items()
+        for name in re.findall(r'(?:params|spec|settings|transfer|section)\["(\w+)"\]', text)
+    }
+    assert read, "the pattern finds nothing: the test would pass vacuously"
+    assert sorted((file, name) for file, name in read if name not in names) == []
+
+
+def test_every_stage_has_a_section():
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert {STAGE_SECTIONS.get(name, name) for name in stages} == set(SCHEMA)
+
+
+def _with(tmp_path, change) -> str:
+    params = yaml.safe_load(yaml.safe_dump(SHIPPED))
+    change(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    "section,change,expected",
+    [
+        (
+            "train",
+            lambda p: p["train"].update(epoch=20),
+            "train.epoch is not a key of train; did you mean train.epochs?",
+        ),
+        (
+            "train",
+            lambda p: p["train"].update(learning_rat=0.01),
+            "train.learning_rat is not a key of train; did you mean train.learning_rate?",
+        ),
+        (
+            "train",
+            lambda p: p["train"]["auto"].update(min_epoch=3),
+            "train.auto.min_epoch is not a key of train.auto; did you mean train.auto.min_epochs?",
+        ),
+        (
+            "train",
+            lambda p: p["train"].update(epochs="ten"),
+            "train.epochs = 'ten' is not allowed: should be 'auto' or",
+        ),
+        ("train", lambda p: p["train"].update(batch_size=0), "train.batch_size = 0 is not allowed"),
+        ("train", lambda p: p["train"].pop("seed"), "train.seed is missing (weights and shuffling seed)"),
+        (
+            "preprocess",
+            lambda p: p["preprocess"].update(color_mode="RGB"),
+            "preprocess.color_mode = 'RGB' is not allowed: should be 'grayscale' or 'rgb'",
+        ),
+        ("export", lambda p: p["export"].update(variants=["int9"]), "export.variants.0 = 'int9' is not allowed"),
+        ("ingest", lambda p: p["ingest"].update(limit="all"), "ingest.limit = 'all' is not allowed"),
+        ("ingest", lambda p: p.update(trian={}), "unknown section 'trian'; did you mean train?"),
+        ("validate", lambda p: p["validate"]["rules"].update(min_edge="fatal"), "validate.rules.min_edge = 'fatal'"),
+    ],
+)
+def test_typos_and_bad_values_are_one_line_errors(tmp_path, section, change, expected):
+    path = _with(tmp_path, change)
+    with pytest.raises(PipelineError) as error:
+        load_section(section, path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and expected in message
+    assert "\n" not in message
+
+
+def test_the_readme_reference_is_generated_from_the_schema():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate it: python -m imgclf.params"
+
+
+@pytest.mark.slow
+def test_a_typo_through_dvc_exp_run_and_a_bad_value_fail_before_touching_outputs(repo_copy, fashion_mnist_dir):
+    """The stage checks its params before reading or writing anything. (DVC itself removes a stage's
+    outputs before it runs the command; what the stage would have written is never half-written.)"""
+    import sys
+
+    from imgclf.paths import layout
+    from tests.conftest import set_params
+
+    set_params(repo_copy, ingest={"limit": 40}, validate={"min_per_class": 20})
+    run(["dvc", "repro", "validate"], repo_copy)
+    run(["git", "add", "-A"], repo_copy)
+    run(["git", "commit", "-qm", "data stages"], repo_copy)
+    paths = layout(repo_copy)
+    outputs = (paths.validation_report, paths.quarantine, paths.validated_manifest, paths.ingested_manifest)
+    before = {path: path.read_bytes() for path in outputs}
+
+    refused = run(["dvc", "exp", "run", "-S", "validate.min_egde=10", "validate"], repo_copy, check=False)
+    assert refused.returncode != 0 and "min_egde" in refused.stderr  # DVC refuses to add a key...
+    typo = run(["dvc", "exp", "run", "-S", "+validate.min_egde=10", "validate"], repo_copy, check=False)
+    assert typo.returncode != 0  # ... unless told to (+key); then the stage refuses it, in one line
+    line = "validate: error: params.yaml: validate.min_egde is not a key of validate; did you mean validate.min_edge?"
+    assert line in typo.stderr and "Traceback" not in typo.stderr
+    assert all(path.read_bytes() == before[path] for path in outputs if path.exists())
+
+    direct = run([sys.executable, "stages/validate.py"], repo_copy, check=False)  # the same, without DVC
+    assert direct.returncode == 1 and direct.stderr.strip().endswith(line.split("validate: error: ")[1])
+    run(["git", "checkout", "params.yaml"], repo_copy)
+    run(["dvc", "checkout", "-f"], repo_copy, check=False)
+    run(["dvc", "repro", "validate"], repo_copy)
+    before = {path: path.read_bytes() for path in outputs}
+    set_params(repo_copy, ingest={"limit": -5})
+    for cmd in ([sys.executable, "stages/ingest.py"], ["dvc", "repro", "validate"]):
+        bad = run(cmd, repo_copy, check=False)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
+        message = "ingest: error: params.yaml: ingest.limit = -5 is not allowed: should be greater than or equal to 1"
+        assert message in bad.stderr
+        assert all(path.read_bytes() == before[path] for path in outputs if path.exists())
+    assert paths.validation_report.exists()  # ingest failed first: validate's outputs were never removed
