@@ -13,7 +13,7 @@ import argparse
 import logging
 
 from imgclf.export import TFLiteClassifier
-from imgclf.io import PipelineError, read_json, write_csv
+from imgclf.io import read_json, require, write_csv
 from imgclf.predict import collect, predict, predict_split
 from imgclf.stage import run_stage
 
@@ -31,9 +31,7 @@ def main(params, paths):
     parser.add_argument("--top-k", type=int, default=int(params["top_k"]))
     args = parser.parse_args()
 
-    model_path = paths.tflite_model(args.variant)
-    if not model_path.exists():
-        raise PipelineError(f"{model_path} not found: run `dvc repro export-tflite` (variant {args.variant!r})")
+    model_path = require(paths.tflite_model(args.variant), "export-tflite")  # export.variants lists those written
     card = read_json(paths.tflite_meta)
     classifier = TFLiteClassifier(model_path)
     if args.inputs:
