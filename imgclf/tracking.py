@@ -138,18 +138,27 @@ def serving_requirements() -> list[str]:
 
 
 def log_keras_model(model, example, registered_model_name: str | None):
-    """Log the model with MLflow's Keras flavor, a signature and an input example; register it if named."""
+    """Log the model with MLflow's Keras flavor, a signature and an input example; register it if named.
+
+    MLflow predicts on the example itself, with Keras' default progress bar: off meanwhile, so a log
+    file gets no stray bars."""
+    import keras
+
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    return mlflow.models.Model.log(
-        artifact_path=None,
-        name="model",
-        flavor=_KerasFlavor(),
-        model=model,
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_model_name or None,
-        pip_requirements=serving_requirements(),
-    )
+    keras.utils.disable_interactive_logging()
+    try:
+        return mlflow.models.Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_KerasFlavor(),
+            model=model,
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model_name or None,
+            pip_requirements=serving_requirements(),
+        )
+    finally:
+        keras.utils.enable_interactive_logging()
 
 
 class EpochMetrics(mlflow.keras.MlflowCallback):

@@ -39,6 +39,11 @@ class TrainData:
     class_names: list[str]
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and TensorFlow's generators, before anything draws from them."""
+    keras.utils.set_random_seed(seed)
+
+
 def online_augmentation(spec: dict, seed: int) -> keras.Sequential | None:
     """Light random flips and shifts applied to each batch as it is drawn (``train.online_augment``).
 

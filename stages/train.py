@@ -6,7 +6,6 @@ started again with the same params and data (see imgclf.training).
 
 import logging
 
-import keras
 import mlflow
 import numpy as np
 
@@ -38,7 +37,7 @@ def log_plan(plan: TrainingPlan) -> None:
 
 
 def main(params, paths):
-    keras.utils.set_random_seed(int(params["seed"]))
+    training.seed_everything(int(params["seed"]))
     data = training.load_train_data(paths, params["use_augmented"])
     log.info("training on %d images (%s), validating on %d", len(data.x_train), data.x_train.shape[1:], len(data.x_val))
     plan = plan_training(params, len(data.x_train), data.y_val, len(data.class_names))

@@ -1,5 +1,7 @@
 """dvc.yaml and the path helpers must name the same files; each stage depends on its own params only."""
 
+import re
+
 import yaml
 
 from imgclf.params import STAGE_SECTIONS as SECTIONS  # stage name -> its params section
@@ -95,3 +97,10 @@ def test_every_stage_depends_on_every_module_it_imports():
         script = REPO_ROOT / f"stages/{name.replace('-', '_')}.py"
         missing = _imgclf_imports(script) - set(stage["deps"])
         assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in deps"
+
+
+def test_stage_scripts_import_tensorflow_only_through_the_package():
+    """imgclf/__init__.py quiets TensorFlow's C++ logs; that only works if it runs before TensorFlow loads."""
+    for script in sorted((REPO_ROOT / "stages").glob("*.py")):
+        imports = re.findall(r"^(?:import|from) (\w+)", script.read_text(), flags=re.MULTILINE)
+        assert not {"tensorflow", "keras"} & set(imports), script.name
