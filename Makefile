@@ -4,7 +4,6 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup dataset run test lint bench bench-quick clean

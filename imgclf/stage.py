@@ -49,6 +49,8 @@ def setup_logging(name: str) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     handler.addFilter(_StageName(name))
     logging.basicConfig(level=os.environ.get("IMGCLF_LOG_LEVEL", "INFO"), handlers=[handler], force=True)
+    for noisy in ("tensorflow", "absl"):  # "Assets written to ..." on every export; Keras bars while muted
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(f"stage.{name}")
 
 

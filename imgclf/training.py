@@ -195,8 +195,9 @@ class EpochLogger(keras.callbacks.Callback):
     """Adds ``epoch_time_s`` to the epoch's logs (so history.csv and MLflow get it), logs each epoch in
     one line, and remembers the first epoch run (> 0 when resumed). Must come before CSVLogger."""
 
-    def __init__(self):
+    def __init__(self, echo: bool = True):
         super().__init__()
+        self.echo = echo  # off while Keras' progress bar already shows each epoch (a terminal)
         self.first_epoch: int | None = None
         self._started = 0.0
 
@@ -211,7 +212,7 @@ class EpochLogger(keras.callbacks.Callback):
         if logs is not None:
             logs["epoch_time_s"] = round(time.perf_counter() - self._started, 3)
         shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float | int))
-        log.info("epoch %d: %s", epoch + 1, shown)
+        log.log(logging.INFO if self.echo else logging.DEBUG, "epoch %d: %s", epoch + 1, shown)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -341,10 +342,10 @@ def fit(
     augment = online_augmentation(params["online_augment"], seed)
     train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed, augment)
     val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
-    epoch_logger = EpochLogger()
     # In a terminal, Keras' progress bar shows progress within each epoch (an epoch can be a minute);
     # in a log file or CI, EpochLogger's one line per epoch is all there is.
     verbose = 1 if sys.stderr.isatty() else 0
+    epoch_logger = EpochLogger(echo=not verbose)
     phases = [("train", 0, epochs)]
     if is_pretrained_transfer(params["model"], params):
         frozen = first_phase_steps(params, plan) // plan.steps_per_epoch

@@ -29,8 +29,19 @@ def main(params, paths):
         "variants": {},
     }
     for variant, path in files.items():
-        report["variants"][variant] = export.verify(path, x_test, y_test, keras_pred, int(params["latency_runs"]))
-        log.info("%s: %s", variant, report["variants"][variant])
+        result = export.verify(path, x_test, y_test, keras_pred, int(params["latency_runs"]))
+        report["variants"][variant] = result
+        log.info(
+            "%s: accuracy %.4f (drop %.4f, 95%% CI %.4f..%.4f, p %.2g), agreement %.4f, %d bytes, %.3f ms",
+            variant,
+            result["accuracy"],
+            result["accuracy_drop"],
+            *result["drop_ci95"],
+            result["drop_p_value"],
+            result["agreement"],
+            result["size_bytes"],
+            result["latency_ms_p50"],
+        )
 
     write_text(paths.labels, "".join(f"{name}\n" for name in meta["class_names"]))
     write_json(paths.tflite_meta, export.model_card(meta, files))

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from imgclf.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
 from tests.pipeline_copy import copy_pipeline

@@ -104,3 +104,18 @@ def test_stage_scripts_import_tensorflow_only_through_the_package():
     for script in sorted((REPO_ROOT / "stages").glob("*.py")):
         imports = re.findall(r"^(?:import|from) (\w+)", script.read_text(), flags=re.MULTILINE)
         assert not {"tensorflow", "keras"} & set(imports), script.name
+
+
+def test_tensorflow_starts_quietly_unless_asked():
+    """No oneDNN notice, no "failed call to cuInit" on a machine without a GPU: the console stays readable."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import imgclf.models, tensorflow as tf; print(int(tf.constant(1) + 1), tf.config.list_physical_devices('GPU'))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stdout.startswith("2 ")
+    assert not re.search(r"^[IWE]0000 |absl::InitializeLog", quiet.stderr, flags=re.MULTILINE), quiet.stderr
