@@ -75,7 +75,7 @@ QUICK_SETS = {  # at least validate.min_per_class (30) training images a class, 
         "args": {"layout": "folders_with_test", "classes": 3, "per_class": 32, "test_per_class": 6, "seed": 12},
     },
 }
-STAGE_DONE = re.compile(r"imgclf\.(?P<stage>[\w-]+) INFO [\w-]+ done in (?P<seconds>[\d.]+) s")
+STAGE_DONE = re.compile(r"stage\.(?P<stage>[\w-]+) INFO [\w-]+ done in (?P<seconds>[\d.]+) s")
 
 
 def merge(target: dict, updates: dict) -> dict:

@@ -86,7 +86,7 @@ def evaluate(
     model = fit(x_fit, y_fit, thumbnail, int(params["max_iter"]))
     proba = np.zeros((len(y_test), len(class_names)))
     proba[:, model.classes_] = model.predict_proba(thumbnails(x_test, thumbnail))
-    metrics = classification_metrics(y_test, proba, class_names)
+    metrics = classification_metrics(y_test, proba, class_names, top_k=1)  # only accuracy and F1 are kept
     comparison = paired_comparison(y_test, proba.argmax(axis=1), network_pred)
     return {
         "model": f"logistic regression on {thumbnail}x{thumbnail} thumbnails",

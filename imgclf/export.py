@@ -185,7 +185,7 @@ class TFLiteClassifier:
         return float(np.median(times) * 1000)
 
 
-def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.ndarray, latency_runs: int = 100) -> dict:
+def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.ndarray, latency_runs: int) -> dict:
     """Accuracy of the .tflite file itself, agreement with Keras' predictions, size and batch-1 latency,
     and the accuracy drop against Keras with its uncertainty (see :func:`imgclf.metrics.paired_comparison`)."""
     from imgclf.metrics import paired_comparison  # lazily: predict and serving need no scikit-learn

@@ -319,7 +319,7 @@ def _read_ahead(
         yield j, future.result()
 
 
-def pack(listing: Listing, blob_path: Path, max_pack_mb: float = 64, workers: int | None = None) -> pd.DataFrame:
+def pack(listing: Listing, blob_path: Path, max_pack_mb: float, workers: int | None) -> pd.DataFrame:
     """Stream every listed file into ``blob_path``; return the manifest (offset and size of each file).
 
     A thread pool reads at most ``PACK_AHEAD`` files and ``AHEAD_MB`` ahead of the writer (or one

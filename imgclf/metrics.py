@@ -38,7 +38,7 @@ def top_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
     return float(skm.top_k_accuracy_score(y_true, proba, k=k, labels=np.arange(n_classes)))
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], top_k: int = 3) -> dict:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], top_k: int) -> dict:
     """The numbers that go under ``"test"`` in ``reports/metrics.json``."""
     y_true = np.asarray(y_true)
     labels = np.arange(len(class_names))

@@ -14,6 +14,7 @@ params.yaml, and the code that reads it with ``params["name"]``.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Auto = Literal["auto"]
+Variant = Literal["float32", "float16", "dynamic", "int8"]
 
 
 def Pair(item) -> Any:
@@ -248,7 +250,7 @@ class Evaluate(Section):
 
 # export-tflite
 class Export(Section):
-    variants: list[Literal["float32", "float16", "dynamic", "int8"]] = describe("TFLite variants to write")
+    variants: Annotated[list[Variant], Field(min_length=1)] = describe("TFLite variants to write")
     calibration_samples: PositiveInt = describe("training images drawn to calibrate int8")
     seed: int = describe("calibration sample seed")
     max_accuracy_drop: float = describe("fail when a variant's accuracy is this much below Keras'...")
@@ -258,7 +260,7 @@ class Export(Section):
 
 # predict
 class Predict(Section):
-    variant: Literal["float32", "float16", "dynamic", "int8"] = describe("which .tflite to run")
+    variant: Variant = describe("which .tflite to run (one of export.variants)")
     top_k: PositiveInt = describe("labels per image in the predictions")
     csv_column: str | None = describe("CLI: column of image names in a CSV; null = detect")
 
@@ -279,13 +281,32 @@ def section_of(stage: str) -> str:
     return STAGE_SECTIONS.get(stage, stage)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars, as DVC (ruamel) reads and writes params.yaml: only true/false are booleans
+    (``mixed_precision: off`` stays the string "off") and ``3e-4`` is a number, not a string."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def read_file(path: str | Path = "params.yaml") -> dict:
     """The whole file as written, unchecked (the train stage logs it to MLflow)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run the stage from the repository root")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader) or {}
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from error
     if not isinstance(params, dict):
@@ -328,6 +349,7 @@ def _field_loc(model: type[Section], loc: tuple) -> tuple:
 def _one_line(path: Path, section: str, model: type[Section], error: ValidationError) -> str:
     """The first problem, said in one line a user can act on."""
     errors = [{**e, "loc": _field_loc(model, e["loc"])} for e in error.errors()]
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")  # a renamed key: name the typo first
     first = errors[0]
     loc = first["loc"]
     key = ".".join(str(part) for part in (section, *loc))
@@ -344,6 +366,9 @@ def _one_line(path: Path, section: str, model: type[Section], error: ValidationE
     meaning = f" ({field.description})" if field is not None and field.description else ""
     if first["type"] == "missing":
         return f"{path}: {key} is missing{meaning}"
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        keys = ", ".join(_model_at(model, names).model_fields)
+        return f"{path}: {key} = {first['input']!r} is not allowed: should be a section with the keys {keys}"
     # a union (auto | a number) reports one error per member at the same place: say them all
     messages = list(dict.fromkeys(e["msg"] for e in errors if e["loc"] == loc))
     prefix = "Input should be "

@@ -145,6 +145,7 @@ def log_keras_model(model, example, registered_model_name: str | None):
     import keras
 
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    was_interactive = keras.config.is_interactive_logging_enabled()
     keras.utils.disable_interactive_logging()
     try:
         return mlflow.models.Model.log(
@@ -158,7 +159,8 @@ def log_keras_model(model, example, registered_model_name: str | None):
             pip_requirements=serving_requirements(),
         )
     finally:
-        keras.utils.enable_interactive_logging()
+        if was_interactive:
+            keras.utils.enable_interactive_logging()
 
 
 class EpochMetrics(mlflow.keras.MlflowCallback):

@@ -344,7 +344,7 @@ def fit(
     val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
     # In a terminal, Keras' progress bar shows progress within each epoch (an epoch can be a minute);
     # in a log file or CI, EpochLogger's one line per epoch is all there is.
-    verbose = 1 if sys.stderr.isatty() else 0
+    verbose = 1 if sys.stdout.isatty() else 0  # Keras draws its bar on stdout
     epoch_logger = EpochLogger(echo=not verbose)
     phases = [("train", 0, epochs)]
     if is_pretrained_transfer(params["model"], params):

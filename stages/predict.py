@@ -11,9 +11,11 @@ names, a CSV, or image files, read and prepared the same way.
 
 import argparse
 import logging
+import typing
 
 from imgclf.export import TFLiteClassifier
-from imgclf.io import read_json, require, write_csv
+from imgclf.io import PipelineError, read_json, write_csv
+from imgclf.params import Variant
 from imgclf.predict import collect, predict, predict_split
 from imgclf.stage import run_stage
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 def main(params, paths):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="*", help="folders, CSV files or images (default: the predict split)")
-    parser.add_argument("--variant", default=params["variant"])
+    parser.add_argument("--variant", default=params["variant"], choices=typing.get_args(Variant))
     parser.add_argument(
         "--output", help="CSV to write (default: reports/predict/predictions.csv, or predictions.csv with PATH)"
     )
@@ -31,7 +33,11 @@ def main(params, paths):
     parser.add_argument("--top-k", type=int, default=int(params["top_k"]))
     args = parser.parse_args()
 
-    model_path = require(paths.tflite_model(args.variant), "export-tflite")  # export.variants lists those written
+    model_path = paths.tflite_model(args.variant)
+    if not model_path.exists():
+        raise PipelineError(
+            f"{model_path} not found: run the export-tflite stage, with {args.variant!r} in export.variants"
+        )
     card = read_json(paths.tflite_meta)
     classifier = TFLiteClassifier(model_path)
     if args.inputs:

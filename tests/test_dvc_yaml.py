@@ -115,7 +115,22 @@ def test_tensorflow_starts_quietly_unless_asked():
     code = (
         "import imgclf.models, tensorflow as tf; print(int(tf.constant(1) + 1), tf.config.list_physical_devices('GPU'))"
     )
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TF_CPP_MIN_LOG_LEVEL", "IMGCLF_QUIET_TENSORFLOW")
+    }
     quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert quiet.returncode == 0 and quiet.stdout.startswith("2 ")
     assert not re.search(r"^[IWE]0000 |absl::InitializeLog", quiet.stderr, flags=re.MULTILINE), quiet.stderr
+    # asked for (the user's own TF_CPP_MIN_LOG_LEVEL): nothing held back, TensorFlow says what it says
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert loud.returncode == 0 and loud.stderr.strip(), (
+        "TensorFlow printed nothing at level 0: the check above proves nothing"
+    )

@@ -50,7 +50,7 @@ def test_expected_calibration_error_by_hand():
 
 
 def test_auc_is_null_when_a_class_is_missing_from_the_test_split():
-    result = classification_metrics(np.array([0, 1, 1]), PROBA[:3], CLASSES)
+    result = classification_metrics(np.array([0, 1, 1]), PROBA[:3], CLASSES, top_k=3)
     assert result["roc_auc_macro"] is None
     assert result["per_class"]["bird"]["support"] == 0
 
@@ -73,7 +73,7 @@ def test_paired_comparison_counts_lost_and_gained_images():
 def test_binary_classification_metrics():
     y = np.array([0, 1, 1, 0, 1])
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.1, 0.9]])
-    result = classification_metrics(y, proba, ["cat", "dog"])
+    result = classification_metrics(y, proba, ["cat", "dog"], top_k=3)
     assert result["accuracy"] == pytest.approx(0.8)
     assert result["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(y, proba[:, 1]))
     assert result["top_2_accuracy"] == 1.0  # k is capped at the number of classes
