@@ -30,7 +30,7 @@ import yaml
 
 from imgclf.io import write_json, write_text
 from imgclf.paths import layout
-from tests.pipeline_copy import copy_pipeline
+from tests.pipeline_copy import new_repository
 
 STAGE_DONE = re.compile(r"stage\.(?P<stage>[\w-]+) INFO [\w-]+ done in (?P<seconds>[\d.]+) s")
 
@@ -53,9 +53,7 @@ def run_peer(quick: bool, env: dict) -> dict:
 
 
 def run_ours(quick: bool, env: dict, workdir: Path) -> dict:
-    root = copy_pipeline(workdir / "repo")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        sh(cmd, root, env)
+    root = new_repository(workdir / "repo")
     if quick:
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["ingest"]["limit"] = 50

@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from imgclf.io import PipelineError
-from imgclf.metrics import classification_metrics, paired_comparison
+from imgclf.metrics import classification_metrics, is_significant_drop, paired_comparison
 
 
 def thumbnails(images: np.ndarray, size: int) -> np.ndarray:
@@ -105,7 +105,8 @@ def verdict(metrics: dict, versus: dict, params: dict) -> tuple[str | None, bool
     so one image in 27 never fails a run."""
     if not versus["network_below_baseline"]:
         return None, False
-    significant = versus["p_value_network_worse"] < float(params["significance"])
+    shortfall = {"accuracy_drop": -versus["network_minus_baseline"], "p_value": versus["p_value_network_worse"]}
+    significant = is_significant_drop(shortfall, 0.0, float(params["significance"]))
     message = (
         f"THE NETWORK IS BELOW THE BASELINE: test accuracy {metrics['accuracy']:.4f} < {versus['accuracy']:.4f} "
         f"for {versus['model']} on {metrics['samples']} images (McNemar p {versus['p_value_network_worse']:.2g}"

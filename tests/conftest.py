@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from imgclf.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
-from tests.pipeline_copy import copy_pipeline
+from tests.pipeline_copy import new_repository
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +84,43 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A fresh git + DVC repository holding the pipeline's code and params, nothing else."""
-    root = copy_pipeline(tmp_path / "repo")
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "test@example.com"], root)
-    run(["git", "config", "user.name", "test"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    return root
+    return new_repository(tmp_path / "repo")
+
+
+def epochs_logged(paths) -> int:
+    """Rows in the running training's epoch log; a row being written counts when complete."""
+    logs = list(paths.train_backup.glob("*/history.csv"))
+    try:
+        return len(pd.read_csv(logs[0])) if logs and logs[0].stat().st_size else 0
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, FileNotFoundError):
+        return 0
+
+
+def kill_training_after_two_epochs(cmd: list[str], root: Path) -> tuple[int, str]:
+    """Start a training in ``root``, SIGKILL it once its epoch log holds two epochs (a condition polled,
+    not a delay), and return the epochs it had logged and what it printed."""
+    import signal
+    import time
+
+    from imgclf.paths import layout
+
+    paths = layout(root)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    output = root / "killed_train.log"  # a file, not a pipe: a full pipe would stall the training
+    with output.open("wb") as sink:
+        process = subprocess.Popen(cmd, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    epochs_done = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        epochs_done = epochs_logged(paths)
+        if epochs_done >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed: " + output.read_text()[-2000:]
+    assert epochs_done >= 2, "no two epochs logged within 300 s"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return epochs_done, output.read_text()
 
 
 def merged(base: dict, overrides: dict) -> dict:
@@ -121,4 +151,13 @@ def set_params(root: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-__all__ = ["FASHION_MNIST_CLASSES", "manifest_for", "merged", "run", "set_params", "shipped", "write_idx"]
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "kill_training_after_two_epochs",
+    "manifest_for",
+    "merged",
+    "run",
+    "set_params",
+    "shipped",
+    "write_idx",
+]

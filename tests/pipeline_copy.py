@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from imgclf.paths import REPO_ROOT
@@ -20,3 +23,18 @@ def copy_pipeline(destination: Path, source: Path = REPO_ROOT) -> Path:
         else:
             shutil.copy2(source / name, destination / name)
     return destination
+
+
+def new_repository(destination: Path, source: Path = REPO_ROOT) -> Path:
+    """A fresh git + DVC repository holding a copy of the pipeline (:func:`copy_pipeline`), nothing else."""
+    root = copy_pipeline(destination, source)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the venv's dvc
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "test@example.com"],
+        ["git", "config", "user.name", "test"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+    ):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root

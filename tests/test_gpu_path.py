@@ -6,12 +6,8 @@ is forced on the CPU, and MirroredStrategy runs over the CPU split into two logi
 (tests/mirrored_train.py), so that both paths are tested on every machine.
 """
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -25,8 +21,8 @@ from imgclf import export, training
 from imgclf.io import PipelineError, read_json
 from imgclf.models import build_model
 from imgclf.paths import layout
-from tests.conftest import run, set_params, shipped
-from tests.pipeline_copy import copy_pipeline
+from tests.conftest import kill_training_after_two_epochs, run, set_params, shipped
+from tests.pipeline_copy import new_repository
 
 MIRRORED_TRAIN = Path(__file__).with_name("mirrored_train.py")
 
@@ -104,27 +100,10 @@ TRAIN = {
 }
 
 
-def _epochs_logged(paths) -> int:
-    """Rows in the running training's epoch log; a row being written counts when complete."""
-    logs = list(paths.train_backup.glob("*/history.csv"))
-    try:
-        return len(pd.read_csv(logs[0])) if logs and logs[0].stat().st_size else 0
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, FileNotFoundError):
-        return 0
-
-
 @pytest.fixture(scope="module")
 def prepared_template(tmp_path_factory, fashion_mnist_dir) -> Path:
     """A git + DVC repository with the data stages done, copied by each test (they run them once)."""
-    root = copy_pipeline(tmp_path_factory.mktemp("gpu_path") / "repo")
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "config", "user.email", "test@example.com"],
-        ["git", "config", "user.name", "test"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-    ):
-        run(cmd, root)
+    root = new_repository(tmp_path_factory.mktemp("gpu_path") / "repo")
     set_params(
         root,
         ingest={"limit": 50},
@@ -159,24 +138,7 @@ def test_mirrored_strategy_on_two_cpu_devices_resumes_after_a_kill_and_exports(p
     """Also train.mixed_precision: bf16 (mixed_bfloat16), which this test covers on the way."""
     set_params(prepared, train={**TRAIN, "epochs": 6, "mixed_precision": "bf16"})
     paths = layout(prepared)
-    env = {**os.environ, "PYTHONPATH": str(prepared)}
-    output = prepared / "killed_train.log"  # a file, not a pipe: a full pipe would stall the training
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, str(MIRRORED_TRAIN)], cwd=prepared, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 300
-    epochs_done = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        epochs_done = _epochs_logged(paths)
-        if epochs_done >= 2:
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "training ended before it could be killed: " + output.read_text()[-2000:]
-    assert epochs_done >= 2, "no two epochs logged within 300 s"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    first_log = output.read_text()
+    _, first_log = kill_training_after_two_epochs([sys.executable, str(MIRRORED_TRAIN)], prepared)
     assert not paths.model.exists()
     setup = "MirroredStrategy on 2 devices (/job:localhost/replica:0/task:0/device:CPU:0, "
     assert setup in first_log

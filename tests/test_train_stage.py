@@ -1,11 +1,7 @@
 """The train and evaluate stages for real, on a small Fashion-MNIST subset in a copy of the repo."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -13,18 +9,9 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
 from imgclf.paths import layout
-from tests.conftest import run, set_params
+from tests.conftest import kill_training_after_two_epochs, run, set_params
 
 pytestmark = pytest.mark.slow
-
-
-def _epochs_logged(paths) -> int:
-    """Rows in the running training's epoch log; a row being written counts when complete."""
-    logs = list(paths.train_backup.glob("*/history.csv"))
-    try:
-        return len(pd.read_csv(logs[0])) if logs and logs[0].stat().st_size else 0
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, FileNotFoundError):
-        return 0
 
 
 @pytest.fixture
@@ -37,21 +24,7 @@ def prepared(repo_copy, fashion_mnist_dir):
 
 def test_training_killed_mid_way_resumes_from_its_last_epoch(prepared):
     paths = layout(prepared)
-    env = {**os.environ, "PYTHONPATH": str(prepared)}
-    output = prepared / "killed_train.log"  # a file, not a pipe: a full pipe would stall the training
-    with output.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "stages/train.py"], cwd=prepared, env=env, stdout=sink, stderr=sink)
-    deadline = time.monotonic() + 300
-    epochs_done = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        epochs_done = _epochs_logged(paths)
-        if epochs_done >= 2:
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "training ended before it could be killed: " + output.read_text()[-2000:]
-    assert epochs_done >= 2, "no two epochs logged within 300 s"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    epochs_done, _ = kill_training_after_two_epochs([sys.executable, "stages/train.py"], prepared)
     assert not paths.model.exists()
 
     resumed = run([sys.executable, "stages/train.py"], prepared)
