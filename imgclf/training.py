@@ -309,15 +309,14 @@ def data_hash(data: TrainData) -> str:
     return digest.hexdigest()
 
 
-def first_phase_steps(params: dict, plan: TrainingPlan) -> int:
-    """Optimizer steps of the first phase, which the first optimizer's schedule spans: the whole plan,
-    or for a pretrained transfer model only its ``transfer.frozen_epochs`` (the fine-tuning phase gets
-    a schedule of its own)."""
+def first_phase_epochs(params: dict, plan: TrainingPlan) -> int:
+    """Epochs of the first phase, which the first optimizer's schedule spans: the whole plan, or for a
+    pretrained transfer model only its ``transfer.frozen_epochs`` (fine-tuning gets a schedule of its own)."""
     from imgclf.models import is_pretrained_transfer
 
     if not is_pretrained_transfer(params["model"], params):
-        return plan.total_steps
-    return plan.steps_per_epoch * min(int(params["transfer"]["frozen_epochs"]), plan.epochs)
+        return plan.epochs
+    return min(int(params["transfer"]["frozen_epochs"]), plan.epochs)
 
 
 def fit(
@@ -348,7 +347,7 @@ def fit(
     epoch_logger = EpochLogger(echo=not verbose)
     phases = [("train", 0, epochs)]
     if is_pretrained_transfer(params["model"], params):
-        frozen = first_phase_steps(params, plan) // plan.steps_per_epoch
+        frozen = first_phase_epochs(params, plan)
         phases = [("frozen", 0, frozen), ("fine_tune", frozen, epochs)]
     for name, first, last in phases:
         done_marker = run_dir / f"{name}.done.weights.h5"

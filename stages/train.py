@@ -54,7 +54,7 @@ def main(params, paths):
 
     with strategy.scope():
         model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
-        lr = training.learning_rate(params, training.first_phase_steps(params, plan))
+        lr = training.learning_rate(params, plan.steps_per_epoch * training.first_phase_epochs(params, plan))
         training.compile_model(model, params, lr)
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
