@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -19,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from imgclf.io import PipelineError, atomic_path
+from imgclf.parallel import process_pool
 
 log = logging.getLogger(__name__)
 CHUNK_SIZE = 2048
@@ -129,7 +129,7 @@ def materialize(
         results = map(_work, args)
         executor = None
     else:
-        executor = ProcessPoolExecutor(max_workers=workers)
+        executor = process_pool(workers)
         results = executor.map(_work, args)
     try:
         for (copy, start, _), batch in zip(jobs, results, strict=True):

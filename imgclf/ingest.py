@@ -18,10 +18,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +30,7 @@ from tqdm import tqdm
 
 from imgclf import folders, images
 from imgclf.io import PipelineError, read_json, read_npy, require, write_csv, write_json, write_npy
+from imgclf.parallel import process_pool
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -270,7 +269,12 @@ class Ref(NamedTuple):
     skip: bool = False  # ingest could not pack it (its problem column says why)
 
 
-_JOB: tuple = ()  # (function, reader, options) for worker processes, inherited through fork
+_JOB: tuple = ()  # (function, reader, options), set once in each worker process by _start_job
+
+
+def _start_job(function: Callable, reader: IngestedImages, options: dict) -> None:
+    global _JOB
+    _JOB = (function, reader, options)
 
 
 def _run_chunk(refs: list[Ref]) -> list:
@@ -281,10 +285,12 @@ def _run_chunk(refs: list[Ref]) -> list:
 class IngestedImages:
     """The packed images of ``data/ingested/``, either format, addressed by :class:`Ref`.
 
-    A memory map: worker processes forked by :meth:`map` share it without copying.
+    A memory map: worker processes of :meth:`map` reopen it from its path instead of receiving
+    a pickled copy of the data (see ``__getstate__``).
     """
 
     def __init__(self, paths: Layout | None, meta: dict, array: np.ndarray | None = None):
+        self._source = (paths, meta) if array is None else None
         self.format = meta["format"]
         if array is not None:
             self._array = array
@@ -300,6 +306,18 @@ class IngestedImages:
     def from_array(cls, images: np.ndarray) -> IngestedImages:
         """Images already in memory (tests, notebooks)."""
         return cls(None, {"format": "array"}, array=images)
+
+    def __getstate__(self) -> dict:
+        # Pickling an np.memmap copies all of its data: send the paths and reopen the map instead.
+        if self._source is not None:
+            return {"source": self._source}
+        return {"source": None, "array": np.asarray(self._array)}
+
+    def __setstate__(self, state: dict) -> None:
+        if state["source"] is not None:
+            self.__init__(*state["source"])
+        else:
+            self.__init__(None, {"format": "array"}, array=state["array"])
 
     def refs(self, manifest: pd.DataFrame) -> list[Ref]:
         if self.format == "array":
@@ -317,28 +335,25 @@ class IngestedImages:
     def imap(self, function: Callable, refs: list[Ref], workers: int | None, desc: str, **options) -> Iterator[list]:
         """Like :meth:`map`, yielding one list of results per chunk of refs, so callers can stream.
 
-        ``function`` must be a module-level function. Processes are forked (Linux), so they see
-        this reader's memory map without copying it.
+        ``function`` must be a module-level function (workers import it by name).
         """
-        global _JOB
         workers = workers or os.cpu_count() or 1
         size = max(1, min(MAP_CHUNK, -(-len(refs) // (4 * workers))))  # small datasets use every worker too
         chunks = [refs[start : start + size] for start in range(0, len(refs), size)]
-        _JOB = (function, self, options)
-        try:
-            with tqdm(total=len(refs), desc=desc, unit="img", disable=None) as bar:
-                if workers == 1 or len(chunks) <= 1:
+        with tqdm(total=len(refs), desc=desc, unit="img", disable=None) as bar:
+            if workers == 1 or len(chunks) <= 1:
+                _start_job(function, self, options)
+                try:
                     for chunk in chunks:
                         yield _run_chunk(chunk)
                         bar.update(len(chunk))
-                else:
-                    context = multiprocessing.get_context("fork")
-                    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                        for chunk, results in zip(chunks, pool.map(_run_chunk, chunks), strict=True):
-                            yield results
-                            bar.update(len(chunk))
-        finally:
-            _JOB = ()
+                finally:
+                    _start_job(None, None, {})
+            else:
+                with process_pool(workers, _start_job, (function, self, options)) as pool:
+                    for chunk, results in zip(chunks, pool.map(_run_chunk, chunks), strict=True):
+                        yield results
+                        bar.update(len(chunk))
 
     def raw(self, row) -> np.ndarray:
         """The stored array (array format) or the file's bytes (bytes format) of a manifest row."""

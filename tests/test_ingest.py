@@ -1,17 +1,22 @@
 import gzip
+import pickle
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from imgclf import ingest
 from imgclf.ingest import (
     FASHION_MNIST_CLASSES,
+    IngestedImages,
     find_fashion_mnist,
     limit_per_class,
     load_fashion_mnist,
     read_idx,
 )
 from imgclf.io import PipelineError
+from imgclf.paths import Layout
 from tests.conftest import write_idx
 
 
@@ -82,3 +87,33 @@ def test_missing_dataset_gives_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(PipelineError, match="apt-get install dataset-fashion-mnist"):
         find_fashion_mnist()
+
+
+MARKER = None  # set in the test process only; a forked worker would inherit the change
+
+
+def _row_sum_and_marker(reader, ref):
+    return int(reader.raw(ref).sum()), MARKER
+
+
+def test_worker_processes_do_not_inherit_the_callers_memory(digits, monkeypatch):
+    """Workers start from a fork server: a threaded caller (TensorFlow loaded) is never forked."""
+    images = digits[0]
+    monkeypatch.setattr(sys.modules[__name__], "MARKER", "caller only")
+    reader = IngestedImages.from_array(images)
+    refs = reader.refs(pd.DataFrame({"index": range(len(images))}))
+    results = reader.map(_row_sum_and_marker, refs, workers=2, desc="test")
+    assert [total for total, _ in results] == [int(image.sum()) for image in images]  # in order
+    assert {marker for _, marker in results} == {None}
+
+
+def test_a_packed_reader_pickles_its_path_not_its_data(tmp_path):
+    paths = Layout(tmp_path)
+    paths.ingested_blob.parent.mkdir(parents=True)
+    blob = np.random.default_rng(0).integers(0, 256, 4_000_000, dtype=np.uint8)
+    blob.tofile(paths.ingested_blob)
+    reader = IngestedImages(paths, {"format": "bytes"})
+    sent = pickle.dumps(reader)
+    assert len(sent) < 10_000
+    row = pd.Series({"offset": 1000, "nbytes": 50}).to_frame().T.itertuples().__next__()
+    np.testing.assert_array_equal(pickle.loads(sent).raw(row), blob[1000:1050])
