@@ -88,8 +88,8 @@ def save_policy(policy: A.Compose, path) -> None:
         A.save(policy, str(tmp), data_format="yaml")
 
 
-def chunk_seed(seed: int, copy: int, chunk: int) -> int:
-    return int(np.random.SeedSequence([seed, copy, chunk]).generate_state(1)[0])
+def chunk_seed(seed: int, copy: int, group: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([seed, copy, group, chunk]).generate_state(1)[0])
 
 
 def augment_batch(policy: A.Compose, images: np.ndarray, seed: int) -> np.ndarray:
@@ -108,23 +108,42 @@ def _work(args):
 
 
 def materialize(
-    policy: A.Compose, images: np.ndarray, copies: int, seed: int, workers: int | None = None, progress: bool = True
+    policy: A.Compose,
+    images: np.ndarray,
+    copies: int,
+    seed: int,
+    workers: int | None = None,
+    progress: bool = True,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``copies`` augmented versions of ``images``, stacked copy after copy; a progress bar in a terminal."""
+    """``copies`` augmented versions of ``images``: group after group, copy after copy within a group.
+
+    ``groups`` (non-decreasing, one per image; default: one group) are the shards of
+    :mod:`imgclf.shards`. Every chunk is seeded by (seed, copy, group, chunk within the group), so a
+    group's augmentations depend on that group alone: a photo added to one shard leaves the other
+    shards' augmented copies byte for byte as they were. A progress bar shows in a terminal.
+    """
     if copies < 0:
         raise PipelineError(f"augment.copies must be >= 0, got {copies}")
     if copies == 0 or len(images) == 0:
         return np.empty((0, *images.shape[1:]), dtype=np.uint8)
+    groups = np.zeros(len(images), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    if len(groups) != len(images) or np.any(np.diff(groups) < 0):
+        raise ValueError("groups must give one non-decreasing group per image")
+    names, starts, counts = np.unique(groups, return_index=True, return_counts=True)
     workers = workers or os.cpu_count() or 1
     policy_dict = A.to_dict(policy)
-    jobs = [
-        (copy, start, chunk_seed(seed, copy, start // CHUNK_SIZE))
-        for copy in range(copies)
-        for start in range(0, len(images), CHUNK_SIZE)
-    ]
+    jobs = []  # (output offset, first image, images, seed)
+    offset = 0
+    for group, first, count in zip(names, starts, counts, strict=True):
+        for copy in range(copies):
+            for chunk, start in enumerate(range(first, first + count, CHUNK_SIZE)):
+                size = min(CHUNK_SIZE, first + count - start)
+                jobs.append((offset, start, size, chunk_seed(seed, copy, int(group), chunk)))
+                offset += size
     out = np.empty((copies * len(images), *images.shape[1:]), dtype=np.uint8)
     bar = tqdm(total=len(out), desc="augment", unit="img", disable=None if progress else True)
-    args = ((policy_dict, np.asarray(images[start : start + CHUNK_SIZE]), s) for _, start, s in jobs)
+    args = ((policy_dict, np.asarray(images[start : start + size]), s) for _, start, size, s in jobs)
     if workers == 1:
         results = map(_work, args)
         executor = None
@@ -132,10 +151,9 @@ def materialize(
         executor = process_pool(workers)
         results = executor.map(_work, args)
     try:
-        for (copy, start, _), batch in zip(jobs, results, strict=True):
-            offset = copy * len(images) + start
-            out[offset : offset + len(batch)] = batch
-            bar.update(len(batch))
+        for (offset, _, size, _), batch in zip(jobs, results, strict=True):
+            out[offset : offset + size] = batch
+            bar.update(size)
     finally:
         bar.close()
         if executor:

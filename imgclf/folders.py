@@ -1,4 +1,4 @@
-"""Folder datasets: list every image a user's folder holds, then pack the files' bytes into one blob.
+"""Folder datasets: list every image a user's folder holds, then pack the files' bytes into shards.
 
 Two layouts, detected from what is on disk (README, "Use your own images"):
 
@@ -12,11 +12,13 @@ Listing never opens an image and never follows a path out of the folder: names t
 or name nothing, become rows with a ``problem`` that validate turns into quarantine entries, so
 every CSV row and every file is accounted for. Packing streams files through a thread pool
 (reading and sha256 release the GIL) that reads at most 64 files and 64 MB ahead of the writer,
-so memory stays bounded whatever the number of files.
+so memory stays bounded whatever the number of files. Packed bytes go to shards chosen by
+each file's sha256 (:mod:`imgclf.shards`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -32,6 +35,7 @@ from tqdm import tqdm
 
 from imgclf.images import resolve_inside
 from imgclf.io import PipelineError, atomic_path
+from imgclf.shards import remove_stale, shard_of, shard_path
 
 log = logging.getLogger(__name__)
 
@@ -319,25 +323,27 @@ def _read_ahead(
         yield j, future.result()
 
 
-def pack(listing: Listing, blob_path: Path, max_pack_mb: float, workers: int | None) -> pd.DataFrame:
-    """Stream every listed file into ``blob_path``; return the manifest (offset and size of each file).
+def pack(listing: Listing, shard_folder: Path, max_pack_mb: float, workers: int | None) -> pd.DataFrame:
+    """Stream every listed file into ``images-SS.bin`` shards; return the manifest (shard, offset, size).
 
-    A thread pool reads at most ``PACK_AHEAD`` files and ``AHEAD_MB`` ahead of the writer (or one
-    file up to ``max_pack_mb``): that bounds memory, whatever the dataset. The blob is written in
-    listing order, so it is the same bytes for any number of workers.
+    A file's shard comes from its sha256 (:func:`imgclf.shards.shard_of`), so a new or edited photo
+    rewrites one shard, not the dataset. Within a shard, files follow the listing order, so the
+    bytes are the same for any number of workers. A thread pool reads at most ``PACK_AHEAD`` files
+    and ``AHEAD_MB`` ahead of the writer (or one file up to ``max_pack_mb``): that bounds memory.
     """
     rows = listing.rows.reset_index(drop=True)
     max_bytes = int(float(max_pack_mb) * 2**20)
+    shard_ids = np.full(len(rows), -1, dtype=np.int64)
     offsets = np.zeros(len(rows), dtype=np.int64)
     sizes = np.zeros(len(rows), dtype=np.int64)
     file_bytes = np.zeros(len(rows), dtype=np.int64)
     hashes = [""] * len(rows)
     rules, problems = rows["problem_rule"].tolist(), rows["problem"].tolist()
     readable = [(i, path) for i, path in enumerate(rows["path"]) if path]
-    position = 0
+    positions: dict[int, int] = {}
+    outputs: dict[int, BinaryIO] = {}
     with (
-        atomic_path(blob_path) as tmp,
-        open(tmp, "wb") as out,
+        contextlib.ExitStack() as shards,
         ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
         tqdm(total=len(rows), desc="pack", unit="img", disable=None) as bar,
     ):
@@ -347,10 +353,16 @@ def pack(listing: Listing, blob_path: Path, max_pack_mb: float, workers: int | N
             if problem:
                 rules[i], problems[i] = ("file_size" if data is None and size else "readable"), problem
             else:
-                out.write(data)
-                offsets[i], sizes[i], hashes[i] = position, len(data), sha
-                position += len(data)
+                shard = shard_of(sha)
+                if shard not in outputs:
+                    tmp = shards.enter_context(atomic_path(shard_path(shard_folder, "images", shard, ".bin")))
+                    outputs[shard] = shards.enter_context(open(tmp, "wb"))
+                    positions[shard] = 0
+                outputs[shard].write(data)
+                shard_ids[i], offsets[i], sizes[i], hashes[i] = shard, positions[shard], len(data), sha
+                positions[shard] += len(data)
             bar.update(1)
+    remove_stale(shard_folder, "images", [shard_path(shard_folder, "images", s, ".bin") for s in outputs], ".bin")
     return pd.DataFrame(
         {
             "id": rows["id"],
@@ -360,6 +372,7 @@ def pack(listing: Listing, blob_path: Path, max_pack_mb: float, workers: int | N
             "source": rows["source"],
             "sha256": hashes,
             "index": np.arange(len(rows)),
+            "shard": shard_ids,
             "offset": offsets,
             "nbytes": sizes,
             "file_bytes": file_bytes,

@@ -1,8 +1,9 @@
 """ingest: read a source dataset into one packed file plus a manifest.
 
 Two packed formats, named in ``meta.json``: ``array`` (Fashion-MNIST, one uint8 array in
-``images.npy``) and ``bytes`` (folder datasets, the original files back to back in
-``images.bin``, decoded later by validate and preprocess; see :mod:`imgclf.folders`).
+``images.npy``: a fixed public dataset, never edited) and ``bytes`` (folder datasets, the
+original files back to back in ``shards/images-SS.bin``, a shard per content hash so a changed
+photo rewrites one shard; decoded later by validate and preprocess; see :mod:`imgclf.folders`).
 :class:`IngestedImages` reads either, so later stages need not know which.
 
 Fashion-MNIST comes as four IDX files. We look for them, in order, in the folder
@@ -32,6 +33,7 @@ from imgclf import folders, images
 from imgclf.io import PipelineError, read_json, read_npy, require, write_csv, write_json, write_npy
 from imgclf.parallel import process_pool
 from imgclf.paths import Layout
+from imgclf.shards import shard_path
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +226,10 @@ def ingest(params: dict, paths: Layout) -> dict:
         meta = {"format": "array", "hash": "pixels", "image_shape": list(dataset.images.shape[1:])}
         class_names = dataset.class_names
     else:
+        warn_if_unwatched(Path(source), paths)
         listing = folders.list_folder(source, params)
         log.info("%s layout: %d rows listed in %s", listing.layout, len(listing.rows), source)
-        manifest = folders.pack(listing, paths.ingested_blob, params["max_pack_mb"], params["workers"])
+        manifest = folders.pack(listing, paths.ingested_shards, params["max_pack_mb"], params["workers"])
         meta = {"format": "bytes", "hash": "file bytes", "layout": listing.layout, "skipped": listing.skipped}
         class_names = listing.class_names
     counts = manifest.groupby(["split", "label"]).size()
@@ -239,6 +242,18 @@ def ingest(params: dict, paths: Layout) -> dict:
     write_csv(paths.ingested_manifest, manifest)
     write_json(paths.ingested_meta, meta)
     return meta
+
+
+def warn_if_unwatched(source: Path, paths: Layout) -> None:
+    """DVC sees changes only under data/raw (ingest's dependency): say so when the photos are elsewhere."""
+    if source.resolve().is_relative_to(paths.raw.resolve()):
+        return
+    log.warning(
+        "ingest.source %s is outside data/raw, so DVC does not see its photos change: after adding, removing "
+        "or relabelling photos there, run 'dvc repro -f ingest' before 'dvc repro'; or move the folder under "
+        "data/raw and 'dvc add' it (README: Use your own images)",
+        source,
+    )
 
 
 TEXT_COLUMNS = (
@@ -264,6 +279,7 @@ class Ref(NamedTuple):
     """Where a manifest row's image lives in the packed file (picklable, for worker processes)."""
 
     index: int
+    shard: int = -1
     offset: int = 0
     nbytes: int = 0
     skip: bool = False  # ingest could not pack it (its problem column says why)
@@ -297,8 +313,8 @@ class IngestedImages:
         elif self.format == "array":
             self._array = read_npy(paths.ingested_images)
         elif self.format == "bytes":
-            empty = paths.ingested_blob.stat().st_size == 0
-            self._blob = np.zeros(0, np.uint8) if empty else np.memmap(paths.ingested_blob, np.uint8, mode="r")
+            self._folder = paths.ingested_shards
+            self._shards: dict[int, np.memmap] = {}  # opened on first use
         else:
             raise PipelineError(f"{paths.ingested_meta}: unknown format {self.format!r}; rerun ingest")
 
@@ -323,10 +339,8 @@ class IngestedImages:
         if self.format == "array":
             return [Ref(int(i)) for i in manifest["index"]]
         skip = manifest["problem_rule"] != ""
-        return [
-            Ref(int(i), int(o), int(n), bool(s))
-            for i, o, n, s in zip(manifest["index"], manifest["offset"], manifest["nbytes"], skip, strict=True)
-        ]
+        columns = (manifest["index"], manifest["shard"], manifest["offset"], manifest["nbytes"], skip)
+        return [Ref(int(i), int(h), int(o), int(n), bool(s)) for i, h, o, n, s in zip(*columns, strict=True)]
 
     def map(self, function: Callable, refs: list[Ref], workers: int | None, desc: str, **options) -> list:
         """``[function(self, ref, **options) for ref in refs]`` over worker processes, in order."""
@@ -359,7 +373,10 @@ class IngestedImages:
         """The stored array (array format) or the file's bytes (bytes format) of a manifest row."""
         if self.format == "array":
             return np.asarray(self._array[int(row.index)])
-        return self._blob[int(row.offset) : int(row.offset) + int(row.nbytes)]
+        shard = int(row.shard)
+        if shard not in self._shards:
+            self._shards[shard] = np.memmap(shard_path(self._folder, "images", shard, ".bin"), np.uint8, mode="r")
+        return self._shards[shard][int(row.offset) : int(row.offset) + int(row.nbytes)]
 
     def image(self, row, max_pixels: int | None = None) -> np.ndarray:
         """The row's pixels: (H, W) grayscale arrays as stored, files decoded to (H, W, 3) RGB."""

@@ -96,8 +96,9 @@ def read_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
 def describe(path: str | Path) -> str:
     """A short 'path (size)' for logs."""
     path = Path(path)
-    if path.is_file():
-        size = path.stat().st_size
+    if path.exists():
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        size = sum(file.stat().st_size for file in files)
         for unit in ("B", "KiB", "MiB", "GiB"):
             if size < 1024 or unit == "GiB":
                 return f"{path} ({size:.0f} {unit})" if unit == "B" else f"{path} ({size:.1f} {unit})"
@@ -111,15 +112,3 @@ def require(path: str | Path, stage: str) -> Path:
     if not path.exists():
         raise PipelineError(f"{path} not found: run the {stage} stage first")
     return path
-
-
-def read_split(paths, split: str, mmap: bool = False, empty: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images and label indices of one preprocessed split (``paths`` is the pipeline's Layout).
-
-    ``empty``: the error to raise when the split has no images (what the caller cannot do without them).
-    """
-    require(paths.preprocessed_meta, "preprocess")
-    x, y = read_npy(paths.preprocessed_x(split), mmap=mmap), np.asarray(read_npy(paths.preprocessed_y(split)))
-    if empty and len(x) == 0:
-        raise PipelineError(f"the {split} split is empty: {empty}")
-    return x, y

@@ -20,6 +20,11 @@ class Layout:
 
     root: Path
 
+    # the user's photos: a dependency of ingest (dvc.yaml), versioned with `dvc add`
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
     # ingest
     @property
     def ingested(self) -> Path:
@@ -34,9 +39,9 @@ class Layout:
         return self.ingested / "images.npy"
 
     @property
-    def ingested_blob(self) -> Path:
-        """Folder datasets: every file's bytes, back to back (offsets in the manifest)."""
-        return self.ingested / "images.bin"
+    def ingested_shards(self) -> Path:
+        """Folder datasets: the files' bytes, in ``images-SS.bin`` shards (:mod:`imgclf.shards`)."""
+        return self.ingested / "shards"
 
     @property
     def ingested_meta(self) -> Path:
@@ -73,11 +78,9 @@ class Layout:
     def preprocessed(self) -> Path:
         return self.root / "data" / "preprocessed"
 
-    def preprocessed_x(self, split: str) -> Path:
-        return self.preprocessed / f"{split}_x.npy"
-
-    def preprocessed_y(self, split: str) -> Path:
-        return self.preprocessed / f"{split}_y.npy"
+    def preprocessed_split(self, split: str) -> Path:
+        """One split's images and labels, as ``x-SS.npy`` and ``y-SS.npy`` shards."""
+        return self.preprocessed / split
 
     @property
     def preprocessed_meta(self) -> Path:
@@ -91,18 +94,6 @@ class Layout:
     @property
     def augmented(self) -> Path:
         return self.root / "data" / "augmented"
-
-    @property
-    def augmented_x(self) -> Path:
-        return self.augmented / "train_x.npy"
-
-    @property
-    def augmented_y(self) -> Path:
-        return self.augmented / "train_y.npy"
-
-    @property
-    def augmented_source(self) -> Path:
-        return self.augmented / "source_index.npy"
 
     @property
     def augment_policy(self) -> Path:

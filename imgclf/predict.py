@@ -19,8 +19,9 @@ import pandas as pd
 from imgclf.folders import NAME_COLUMNS, find_column, read_table
 from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, resolve_inside
 from imgclf.ingest import read_manifest
-from imgclf.io import PipelineError, read_npy
+from imgclf.io import PipelineError
 from imgclf.preprocess import prepare
+from imgclf.shards import read_split
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def predict_split(classifier, paths, labels: list[str], top_k: int) -> pd.DataFr
     source = source[source["split"] == "predict"]
     index = read_manifest(paths.preprocessed_index)
     prepared = index[index["split"] == "predict"].reset_index(drop=True)
-    x = read_npy(paths.preprocessed_x("predict"))
+    x, _ = read_split(paths, "predict")
     quarantine = read_manifest(paths.quarantine).set_index("id")
     position = {id_: i for i, id_ in enumerate(prepared["id"])}
     images, errors = [], []

@@ -6,16 +6,17 @@ consumer (Keras, TFLite, predict) sees the same input contract.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from imgclf.images import ImageError
 from imgclf.ingest import IngestedImages, Ref
-from imgclf.io import PipelineError, atomic_path
+from imgclf.io import PipelineError
+from imgclf.shards import shard_of, write_sharded
 
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
 
@@ -60,23 +61,31 @@ def _prepare_ref(reader: IngestedImages, ref: Ref, size: int, color_mode: str) -
 
 
 def write_split(
-    reader: IngestedImages, refs: list[Ref], path: Path, size: int, color_mode: str, workers: int | None = None
+    reader: IngestedImages,
+    rows: pd.DataFrame,
+    folder: Path,
+    size: int,
+    color_mode: str,
+    workers: int | None = None,
 ) -> None:
-    """Decode, convert and resize ``refs`` in parallel, streaming into ``path`` (.npy) atomically.
+    """Decode, convert and resize ``rows`` in parallel, streaming into ``x-SS.npy``/``y-SS.npy`` shards.
 
-    The output is filled in place through a memory map, so memory holds one chunk, not the split.
+    ``rows`` come in shard order (:func:`shard_order`) with ``shard`` and ``label_index`` columns.
+    Shards are filled in place through memory maps, so memory holds one chunk, not the split.
     """
     channels = COLOR_MODES.get(color_mode)
     if channels is None:
         raise PipelineError(f"preprocess.color_mode must be one of {list(COLOR_MODES)}, got {color_mode!r}")
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(refs), size, size, channels))
-        row = 0
-        for chunk in reader.imap(_prepare_ref, refs, workers, path.stem, size=size, color_mode=color_mode):
-            out[row : row + len(chunk)] = chunk
-            row += len(chunk)
-        out.flush()
-        del out
+    chunks = reader.imap(_prepare_ref, reader.refs(rows), workers, folder.name, size=size, color_mode=color_mode)
+    write_sharded(folder, "x", rows["shard"], chunks, (size, size, channels))
+    labels = [rows["label_index"].to_numpy(dtype=np.int64)]
+    write_sharded(folder, "y", rows["shard"], labels, (), dtype=np.int64)
+
+
+def shard_order(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted by the shard of their content hash (stable: manifest order within a shard)."""
+    shards = manifest["sha256"].map(shard_of).astype(np.int64)
+    return manifest.assign(shard=shards).sort_values("shard", kind="stable").reset_index(drop=True)
 
 
 def prepare_images(images: np.ndarray, indices: np.ndarray, size: int, color_mode: str) -> np.ndarray:
@@ -113,11 +122,29 @@ def assign_splits(manifest: pd.DataFrame, val_fraction: float, test_fraction: fl
 
 
 def _stratified(manifest: pd.DataFrame, pool: pd.Index, count: float, seed: int) -> tuple[pd.Index, pd.Index]:
+    """Carve ``count`` rows out of ``pool``, in proportion to each class, the same rows every time.
+
+    Each class's rows are ranked by a seeded hash of their content and the first ones carved, so
+    adding, removing or relabelling a photo moves at most a row or two between splits, instead of
+    reshuffling val and test (which would also make runs before and after the change incomparable).
+    Class quotas are the largest-remainder rounding of the proportional share; every class keeps at
+    least one row in the pool.
+    """
     count = max(1, round(count))
-    labels = manifest.loc[pool, "label"]
     if count >= len(pool):
         raise PipelineError(f"cannot carve {count} rows out of {len(pool)} training rows")
-    classes = labels.nunique()
-    stratify = labels if labels.value_counts().min() >= 2 and classes <= count <= len(pool) - classes else None
-    keep, carved = train_test_split(pool, test_size=count, random_state=seed, stratify=stratify)
-    return pd.Index(sorted(keep)), pd.Index(sorted(carved))
+    rows = manifest.loc[pool]
+    key = [hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest() for sha in rows["sha256"]]
+    ranked = rows.assign(_key=key).sort_values(["label", "_key", "id"], kind="stable")
+    sizes = ranked.groupby("label", sort=True).size()
+    share = sizes * count / len(pool)
+    quota = np.minimum(np.floor(share).astype(int), sizes - 1)
+    remainder = (share - quota).sort_values(ascending=False, kind="stable")
+    for label in remainder.index:
+        if quota.sum() >= count:
+            break
+        if quota[label] < sizes[label] - 1:
+            quota[label] += 1
+    rank = ranked.groupby("label", sort=True).cumcount()
+    carved = ranked.index[rank.to_numpy() < ranked["label"].map(quota).to_numpy()]
+    return pool.difference(carved), pd.Index(sorted(carved))

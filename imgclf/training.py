@@ -292,12 +292,14 @@ def clear_backup(backup_root: Path, keep: str | None = None) -> None:
 
 def load_train_data(paths, use_augmented: bool) -> TrainData:
     """Training = the preprocessed train split plus, if wanted, augment's copies; val as preprocessed."""
-    from imgclf.io import read_json, read_npy, read_split, require
+    from imgclf.io import read_json, require
+    from imgclf.shards import read_sharded, read_split
 
     x_train, y_train = read_split(paths, "train", empty="check reports/validation.md and ingest.limit")
     if use_augmented:
-        x_train = np.concatenate([x_train, read_npy(require(paths.augmented_x, "augment"))])
-        y_train = np.concatenate([y_train, read_npy(paths.augmented_y)])
+        require(paths.augment_policy, "augment")
+        x_train = np.concatenate([x_train, read_sharded(paths.augmented, "x", x_train.shape[1:])])
+        y_train = np.concatenate([y_train, read_sharded(paths.augmented, "y", (), dtype=np.int64)])
     x_val, y_val = read_split(paths, "val", empty="set preprocess.val_fraction > 0")
     return TrainData(x_train, np.asarray(y_train), x_val, y_val, read_json(paths.preprocessed_meta)["class_names"])
 

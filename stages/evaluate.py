@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 
 from imgclf import baseline, figures, tracking
-from imgclf.io import PipelineError, read_json, read_split, write_csv, write_json, write_text
+from imgclf.io import PipelineError, read_json, write_csv, write_json, write_text
 from imgclf.metrics import classification_metrics, evaluation_summary
 from imgclf.models import load_trained
+from imgclf.shards import read_split
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def main(params, paths):
 
     metrics = classification_metrics(y, proba, class_names, top_k=int(params["top_k"]))
     predicted = proba.argmax(axis=1)
-    fit_parts = [read_split(paths, split, mmap=True) for split in ("train", "val")]
+    fit_parts = [read_split(paths, split) for split in ("train", "val")]
     versus = baseline.evaluate(fit_parts, x, y, predicted, class_names, params["baseline"])
     write_json(paths.metrics, {"test": metrics, "baseline": versus})
     plan = read_json(paths.train_plan) if paths.train_plan.exists() else None

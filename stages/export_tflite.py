@@ -5,8 +5,9 @@ import logging
 import mlflow
 
 from imgclf import export, tracking
-from imgclf.io import PipelineError, read_json, read_npy, read_split, write_json, write_text
+from imgclf.io import PipelineError, read_json, write_json, write_text
 from imgclf.models import load_trained
+from imgclf.shards import read_split
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ def main(params, paths):
     meta = read_json(paths.preprocessed_meta)
     x_test, y_test = read_split(paths, "test", empty="nothing to verify the exported models on")
     calibration = export.calibration_sample(
-        read_npy(paths.preprocessed_x("train")), int(params["calibration_samples"]), int(params["seed"])
+        read_split(paths, "train")[0], int(params["calibration_samples"]), int(params["seed"])
     )
     files = export.export_all(export.float32_copy(model), list(params["variants"]), calibration, paths)
 

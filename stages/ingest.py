@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 def main(params, paths):
     meta = ingest(params, paths)
     log.info("%d rows, %d classes, format %s", meta["rows"], len(meta["class_names"]), meta["format"])
-    candidates = (paths.ingested_images, paths.ingested_blob, paths.ingested_manifest, paths.ingested_meta)
+    candidates = (paths.ingested_images, paths.ingested_shards, paths.ingested_manifest, paths.ingested_meta)
     return [path for path in candidates if path.exists()]
 
 

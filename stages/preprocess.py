@@ -1,13 +1,13 @@
-"""Stage preprocess: validated rows -> uint8 arrays (N,H,W,C) per split, class names, split index."""
+"""Stage preprocess: validated rows -> uint8 arrays (N,H,W,C) per split in shards, class names, split index."""
 
 import logging
 
 import numpy as np
 
 from imgclf.ingest import read_ingested, read_manifest
-from imgclf.io import PipelineError, describe, require, write_csv, write_json, write_npy
+from imgclf.io import PipelineError, describe, require, write_csv, write_json
 from imgclf.paths import SPLITS
-from imgclf.preprocess import COLOR_MODES, assign_splits, write_split
+from imgclf.preprocess import COLOR_MODES, assign_splits, shard_order, write_split
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,17 @@ def main(params, paths):
             "set validate.rules.unknown_label to error so validate quarantines them"
         )
     manifest["label_index"] = manifest["label_index"].fillna(-1).astype(np.int64)  # -1: unlabelled (predict)
+    manifest = shard_order(manifest)  # the arrays' row order, and index.csv's
     counts = {}
     for split in (*SPLITS, "predict"):
         rows = manifest[manifest["split"] == split]
-        write_split(images, images.refs(rows), paths.preprocessed_x(split), size, color_mode, params["workers"])
-        write_npy(paths.preprocessed_y(split), rows["label_index"].to_numpy(dtype=np.int64))
+        write_split(images, rows, paths.preprocessed_split(split), size, color_mode, params["workers"])
         counts[split] = len(rows)
-        log.info("%s: %d images -> %s", split, len(rows), describe(paths.preprocessed_x(split)))
+        log.info("%s: %d images -> %s", split, len(rows), describe(paths.preprocessed_split(split)))
     if "name" not in manifest:  # array sources: the id is the name
         manifest["name"] = manifest["id"]
-    write_csv(paths.preprocessed_index, manifest[["id", "name", "split", "label", "label_index", "source", "sha256"]])
+    columns = ["id", "name", "split", "label", "label_index", "source", "sha256", "shard"]
+    write_csv(paths.preprocessed_index, manifest[columns])
     write_json(
         paths.preprocessed_meta,
         {

@@ -161,3 +161,10 @@ __all__ = [
     "shipped",
     "write_idx",
 ]
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path: compares sharded outputs byte for byte."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes() for path in sorted(Path(folder).rglob("*")) if path.is_file()
+    }

@@ -11,7 +11,7 @@ from pathlib import Path
 from imgclf.paths import REPO_ROOT
 
 # What a pipeline needs to run from scratch in another folder.
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "pyproject.toml")
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "imgclf", "pyproject.toml", "data/raw/README.md")
 
 
 def copy_pipeline(destination: Path, source: Path = REPO_ROOT) -> Path:
@@ -21,6 +21,7 @@ def copy_pipeline(destination: Path, source: Path = REPO_ROOT) -> Path:
         if (source / name).is_dir():
             shutil.copytree(source / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, destination / name)
     return destination
 

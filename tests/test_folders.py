@@ -19,9 +19,10 @@ from imgclf.folders import detect_layout, list_folder
 from imgclf.ingest import ingest, read_ingested
 from imgclf.io import PipelineError
 from imgclf.paths import Layout
-from imgclf.preprocess import write_split
+from imgclf.preprocess import shard_order, write_split
+from imgclf.shards import read_sharded
 from imgclf.validation import validate
-from tests.conftest import run, set_params, shipped
+from tests.conftest import folder_bytes, run, set_params, shipped
 from tests.photos import CLASSES, class_folder_dataset, csv_dataset, photo, random_photo, save
 
 RNG = np.random.default_rng(7)
@@ -264,10 +265,10 @@ def test_hostile_csv_dataset_every_row_kept_or_quarantined_with_its_reason(hosti
     assert not report["passed"] and report["classes"]["rare"] == 2
 
     # preprocess reads the kept rows of every odd format into the same input contract
-    x_path = tmp_path / "x.npy"
     odd = result.kept[result.kept["id"].isin([f"train/{n}" for n in ("rgba.png", "rotated.jpg", "deep.png")])]
-    write_split(reader, reader.refs(odd), x_path, 32, "rgb", workers=1)
-    x = np.load(x_path)
+    odd = shard_order(odd.assign(label_index=0))
+    write_split(reader, odd, tmp_path / "x", 32, "rgb", workers=1)
+    x = read_sharded(tmp_path / "x", "x", (32, 32, 3))
     assert x.shape == (3, 32, 32, 3) and x.dtype == np.uint8
     rotated = x[list(odd["id"]).index("train/rotated.jpg")]
     assert rotated[2, 16, 0] > 200 and rotated[-3, 16, 2] > 200  # red on top after orientation
@@ -325,13 +326,14 @@ def test_data_artifacts_are_byte_identical_whatever_the_worker_count(tmp_path):
         result = validate(
             manifest, reader, meta["class_names"], shipped("validate", near_duplicate_distance=4), workers=workers
         )
-        write_split(reader, reader.refs(result.kept), tmp_path / f"x{workers}.npy", 24, "rgb", workers=workers)
+        rows = shard_order(result.kept.assign(label_index=0))
+        write_split(reader, rows, tmp_path / f"x{workers}", 24, "rgb", workers=workers)
         outputs.append(
             (
-                layout.ingested_blob.read_bytes(),
+                folder_bytes(layout.ingested_shards),
                 layout.ingested_manifest.read_bytes(),
                 result.kept.to_csv(index=False),
-                (tmp_path / f"x{workers}.npy").read_bytes(),
+                folder_bytes(tmp_path / f"x{workers}"),
             )
         )
     assert outputs[0] == outputs[1]

@@ -10,6 +10,7 @@ from imgclf import ingest
 from imgclf.ingest import (
     FASHION_MNIST_CLASSES,
     IngestedImages,
+    Ref,
     find_fashion_mnist,
     limit_per_class,
     load_fashion_mnist,
@@ -109,11 +110,11 @@ def test_worker_processes_do_not_inherit_the_callers_memory(digits, monkeypatch)
 
 def test_a_packed_reader_pickles_its_path_not_its_data(tmp_path):
     paths = Layout(tmp_path)
-    paths.ingested_blob.parent.mkdir(parents=True)
+    paths.ingested_shards.mkdir(parents=True)
     blob = np.random.default_rng(0).integers(0, 256, 4_000_000, dtype=np.uint8)
-    blob.tofile(paths.ingested_blob)
+    blob.tofile(paths.ingested_shards / "images-07.bin")
     reader = IngestedImages(paths, {"format": "bytes"})
     sent = pickle.dumps(reader)
     assert len(sent) < 10_000
-    row = pd.Series({"offset": 1000, "nbytes": 50}).to_frame().T.itertuples().__next__()
+    row = Ref(0, shard=7, offset=1000, nbytes=50)
     np.testing.assert_array_equal(pickle.loads(sent).raw(row), blob[1000:1050])

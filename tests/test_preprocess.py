@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,8 +35,15 @@ def test_prepare_images_on_digits(digits):
 
 
 def _manifest(n_train, n_test, classes=5):
-    labels = [f"c{i % classes}" for i in range(n_train + n_test)]
-    return pd.DataFrame({"label": labels, "split": ["train"] * n_train + ["test"] * n_test})
+    n = n_train + n_test
+    return pd.DataFrame(
+        {
+            "id": [f"img{i}" for i in range(n)],
+            "label": [f"c{i % classes}" for i in range(n)],
+            "split": ["train"] * n_train + ["test"] * n_test,
+            "sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)],
+        }
+    )
 
 
 def test_val_split_is_stratified_seeded_and_a_fraction_of_the_pool():
@@ -60,8 +69,39 @@ def test_bad_fractions_are_clear_errors():
 def test_unlabelled_predict_rows_do_not_count_towards_the_split_sizes():
     labelled = _manifest(100, 20)
     with_predict = pd.concat(
-        [labelled, pd.DataFrame({"label": [""] * 500, "split": ["predict"] * 500})], ignore_index=True
+        [labelled, _manifest(500, 0).iloc[:, :0].assign(label="", split="predict", id="p", sha256="0" * 64)],
+        ignore_index=True,
     )
     splits = assign_splits(with_predict, val_fraction=0.1, test_fraction=0.1, seed=0)
     assert (splits == "val").sum() == 12  # 10% of the 120 labelled rows, not of 620
     assert (splits == "predict").sum() == 500
+
+
+def _moved(before: pd.Series, after: pd.Series, ids_before, ids_after) -> int:
+    """Rows present in both manifests whose split differs."""
+    a, b = pd.Series(before.to_numpy(), index=ids_before), pd.Series(after.to_numpy(), index=ids_after)
+    common = a.index.intersection(b.index)
+    return int((a[common] != b[common]).sum())
+
+
+def test_carved_splits_barely_move_when_a_photo_is_added_removed_or_relabelled():
+    """Val and test are ranked by content hash, so a small change moves a row or two, not hundreds."""
+    manifest = _manifest(600, 0, classes=4)
+    splits = assign_splits(manifest, 0.1, 0.1, seed=3)
+    added = pd.concat([manifest, _manifest(601, 0, classes=4).iloc[[600]]], ignore_index=True)
+    removed = manifest.drop(index=17).reset_index(drop=True)
+    relabelled = manifest.assign(label=manifest["label"].where(manifest.index != 40, "c1"))
+    for changed in (added, removed, relabelled):
+        after = assign_splits(changed, 0.1, 0.1, seed=3)
+        assert _moved(splits, after, manifest["id"], changed["id"]) <= 3
+    # whereas another seed draws other rows: the ranking is seeded
+    assert (assign_splits(manifest, 0.1, 0.1, seed=4) != splits).sum() > 60
+
+
+def test_every_class_keeps_a_training_row_however_small():
+    manifest = pd.concat(
+        [_manifest(200, 0, classes=2), _manifest(2, 0, classes=1).assign(label="tiny", id=["t0", "t1"])]
+    )
+    manifest = manifest.reset_index(drop=True)
+    splits = assign_splits(manifest, 0.3, 0.3, seed=0)
+    assert (splits[manifest["label"] == "tiny"] == "train").sum() >= 1

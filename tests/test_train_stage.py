@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
 from imgclf.paths import layout
+from imgclf.shards import read_split
 from tests.conftest import kill_training_after_two_epochs, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -109,11 +110,10 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
 
     # predict on a folder with a CSV of names (the seed layout's test folder), one image corrupt
     import cv2
-    import numpy as np
 
     folder = prepared / "unlabeled"
     (folder / "images").mkdir(parents=True)
-    test_x = np.load(paths.preprocessed_x("test"))
+    test_x, _ = read_split(paths, "test")
     for i in range(4):
         cv2.imwrite(str(folder / "images" / f"photo {i}.jpg"), cv2.resize(test_x[i], (64, 64)))
     (folder / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
