@@ -59,7 +59,9 @@ class CsvColumns(Section):
 
 
 class Ingest(Section):
-    source: str = describe("fashion-mnist, or a path to a folder of your own images (CSV or class folders)")
+    source: str = describe(
+        "fashion-mnist, or a folder of your own images (CSV or class folders); under data/raw, DVC sees them change"
+    )
     fashion_mnist_dir: str | None = describe("folder with the four Fashion-MNIST IDX files; null = search")
     limit: PositiveInt | None = describe("images per class per split, for quick runs; null = all")
     classes: list[str] | None = describe("folder datasets: the class list; null = the labels or folders found")
