@@ -1,4 +1,4 @@
-"""ingest: read a source dataset into one packed file plus a manifest.
+"""ingest: read a source dataset into packed images plus a manifest.
 
 Two packed formats, named in ``meta.json``: ``array`` (Fashion-MNIST, one uint8 array in
 ``images.npy``: a fixed public dataset, never edited) and ``bytes`` (folder datasets, the
@@ -373,6 +373,8 @@ class IngestedImages:
         """The stored array (array format) or the file's bytes (bytes format) of a manifest row."""
         if self.format == "array":
             return np.asarray(self._array[int(row.index)])
+        if int(row.nbytes) == 0:  # an empty file (validate quarantines it); its shard may be empty too
+            return np.zeros(0, np.uint8)
         shard = int(row.shard)
         if shard not in self._shards:
             self._shards[shard] = np.memmap(shard_path(self._folder, "images", shard, ".bin"), np.uint8, mode="r")

@@ -4,7 +4,8 @@ Pools start from a fork server, not by forking the caller: the caller may hold t
 (TensorFlow's and OpenCV's pools, tqdm's monitor, MLflow's) and a forked copy of a threaded
 process can die or deadlock on a lock some thread held at the fork. That happened in the test
 suite, where TensorFlow is loaded before the validation tests ("BrokenProcessPool"). The fork
-server is a fresh single-threaded interpreter; workers forked from it import what they unpickle.
+server is a fresh interpreter that has only imported numpy, pandas and OpenCV (their idle thread
+pools, no locks held by running work); workers forked from it import what they unpickle.
 As with "spawn", each worker imports the caller's main script as ``__mp_main__``: a script that
 uses these pools keeps its work under ``if __name__ == "__main__":`` (every stage script does).
 """

@@ -125,10 +125,11 @@ def _stratified(manifest: pd.DataFrame, pool: pd.Index, count: float, seed: int)
     """Carve ``count`` rows out of ``pool``, in proportion to each class, the same rows every time.
 
     Each class's rows are ranked by a seeded hash of their content and the first ones carved, so
-    adding, removing or relabelling a photo moves at most a row or two between splits, instead of
-    reshuffling val and test (which would also make runs before and after the change incomparable).
-    Class quotas are the largest-remainder rounding of the proportional share; every class keeps at
-    least one row in the pool.
+    adding, removing or relabelling a photo moves a few rows between splits (bounded by the number
+    of classes, as quotas shift), instead of reshuffling val and test (which would also make runs
+    before and after the change incomparable). Class quotas are the largest-remainder rounding of
+    the proportional share, each class keeping a row in the pool; when that cannot reach ``count``
+    (classes of one or two rows), the rest is carved by the same rank across classes.
     """
     count = max(1, round(count))
     if count >= len(pool):
@@ -146,5 +147,10 @@ def _stratified(manifest: pd.DataFrame, pool: pd.Index, count: float, seed: int)
         if quota[label] < sizes[label] - 1:
             quota[label] += 1
     rank = ranked.groupby("label", sort=True).cumcount()
-    carved = ranked.index[rank.to_numpy() < ranked["label"].map(quota).to_numpy()]
+    chosen = rank.to_numpy() < ranked["label"].map(quota).to_numpy()
+    short = count - int(chosen.sum())
+    if short > 0:  # tiny classes could not give their share: carve the rest by rank, across classes
+        rest = ranked[~chosen].sort_values(["_key", "id"], kind="stable").index[:short]
+        chosen |= ranked.index.isin(rest)
+    carved = ranked.index[chosen]
     return pool.difference(carved), pd.Index(sorted(carved))

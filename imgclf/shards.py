@@ -4,8 +4,9 @@ DVC stores a folder file by file and keeps one copy of each distinct file. When 
 photos, the preprocessed arrays and the augmented copies are each one file, adding a single
 photo changes that file and the cache stores the whole dataset again. Split into ``SHARDS``
 files by the image's content hash instead, a new, removed or edited photo rewrites one shard of
-each (about 1/64 of the data) and a relabel rewrites none: labels live in the small CSV tables
-and ``y`` files. A shard of 100,000 photos at 64x64 RGB is about 20 MB; at a million, 200 MB.
+each (about 1/64 of the data), and a relabel mostly the small CSV tables and ``y`` files (plus the
+shards of the few rows it moves between splits, and, when it renames the file, its ingest shard,
+whose order follows the listing). A shard of 100,000 photos at 64x64 RGB is about 20 MB; at a million, 200 MB.
 
 Rows are ordered by shard, then by their order in the manifest, so readers get the same arrays
 for the same data, whatever the number of workers.
@@ -93,32 +94,68 @@ def write_sharded(
     return written
 
 
+class ShardedArray:
+    """The shards of one array, read lazily through memory maps: indexing reads only the rows asked
+    for, so a sample of a split far larger than memory costs the sample (evaluate's baseline,
+    export's calibration images). ``np.asarray`` reads it whole."""
+
+    def __init__(self, folder: Path, name: str, item_shape: tuple, dtype=np.uint8):
+        self.files = shard_files(folder, name)
+        self._parts = [read_npy(path) for path in self.files]
+        self.lengths = [len(part) for part in self._parts]
+        self._starts = np.cumsum([0, *self.lengths])
+        self.shape = (int(self._starts[-1]), *item_shape)
+        self.dtype = np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.arange(len(self))[index]
+        if np.ndim(rows) == 0:
+            part = int(np.searchsorted(self._starts, rows, side="right")) - 1
+            return np.asarray(self._parts[part][rows - self._starts[part]])
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        parts = np.searchsorted(self._starts, rows, side="right") - 1
+        for part in np.unique(parts):
+            mask = parts == part
+            out[mask] = self._parts[part][rows[mask] - self._starts[part]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate(self._parts) if self._parts else np.empty(self.shape, self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+
 def read_sharded(folder: Path, name: str, item_shape: tuple, dtype=np.uint8) -> np.ndarray:
     """All shards of ``name`` in shard order, as one in-memory array (empty when there are none)."""
-    parts = [read_npy(path) for path in shard_files(folder, name)]
-    if not parts:
-        return np.empty((0, *item_shape), dtype=dtype)
-    return np.concatenate(parts)
+    return np.asarray(ShardedArray(folder, name, item_shape, dtype))
 
 
 def row_shards(folder: Path, name: str) -> np.ndarray:
     """The shard of each row of :func:`read_sharded`'s array, from the shard files' names and lengths."""
-    files = shard_files(folder, name)
-    lengths = [len(read_npy(path)) for path in files]
-    return np.repeat([int(path.stem.rsplit("-", 1)[1]) for path in files], lengths).astype(np.int64)
+    array = ShardedArray(folder, name, ())
+    return np.repeat([_shard_number(path) for path in array.files], array.lengths).astype(np.int64)
 
 
-def read_split(paths, split: str, empty: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _shard_number(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def read_split(paths, split: str, empty: str | None = None, lazy: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Images and label indices of one preprocessed split (``paths`` is the pipeline's Layout).
 
     ``empty``: the error to raise when the split has no images (what the caller cannot do without them).
+    ``lazy``: the images as a :class:`ShardedArray` (index it to read rows) instead of in memory.
     """
     meta = read_json(require(paths.preprocessed_meta, "preprocess"))
     folder = paths.preprocessed_split(split)
-    x = read_sharded(folder, "x", tuple(meta["input_shape"]))
-    y = read_sharded(folder, "y", (), dtype=np.int64)
-    if len(x) != len(y):
-        raise PipelineError(f"{folder}: {len(x)} images but {len(y)} labels; rerun preprocess")
+    x = ShardedArray(folder, "x", tuple(meta["input_shape"]))
+    y = ShardedArray(folder, "y", (), dtype=np.int64)
+    if [(_shard_number(p), n) for p, n in zip(x.files, x.lengths, strict=True)] != [
+        (_shard_number(p), n) for p, n in zip(y.files, y.lengths, strict=True)
+    ]:
+        raise PipelineError(f"{folder}: the image and label shards do not match; rerun preprocess")
     if empty and len(x) == 0:
         raise PipelineError(f"the {split} split is empty: {empty}")
-    return x, y
+    return (x if lazy else np.asarray(x)), np.asarray(y)

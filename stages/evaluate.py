@@ -25,7 +25,7 @@ def main(params, paths):
 
     metrics = classification_metrics(y, proba, class_names, top_k=int(params["top_k"]))
     predicted = proba.argmax(axis=1)
-    fit_parts = [read_split(paths, split) for split in ("train", "val")]
+    fit_parts = [read_split(paths, split, lazy=True) for split in ("train", "val")]
     versus = baseline.evaluate(fit_parts, x, y, predicted, class_names, params["baseline"])
     write_json(paths.metrics, {"test": metrics, "baseline": versus})
     plan = read_json(paths.train_plan) if paths.train_plan.exists() else None

@@ -18,7 +18,7 @@ def main(params, paths):
     meta = read_json(paths.preprocessed_meta)
     x_test, y_test = read_split(paths, "test", empty="nothing to verify the exported models on")
     calibration = export.calibration_sample(
-        read_split(paths, "train")[0], int(params["calibration_samples"]), int(params["seed"])
+        read_split(paths, "train", lazy=True)[0], int(params["calibration_samples"]), int(params["seed"])
     )
     files = export.export_all(export.float32_copy(model), list(params["variants"]), calibration, paths)
 

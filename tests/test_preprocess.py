@@ -105,3 +105,9 @@ def test_every_class_keeps_a_training_row_however_small():
     manifest = manifest.reset_index(drop=True)
     splits = assign_splits(manifest, 0.3, 0.3, seed=0)
     assert (splits[manifest["label"] == "tiny"] == "train").sum() >= 1
+
+
+def test_classes_too_small_to_give_their_share_do_not_shrink_the_carve():
+    manifest = _manifest(5, 0).assign(label=["a", "a", "a", "b", "c"])
+    splits = assign_splits(manifest, 0.6, 0.0, seed=1)
+    assert (splits == "val").sum() == 3 and (splits == "train").sum() == 2

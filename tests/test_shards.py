@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgclf.shards import SHARDS, read_sharded, row_shards, shard_files, shard_of, write_sharded
+from imgclf.shards import SHARDS, ShardedArray, read_sharded, row_shards, shard_files, shard_of, write_sharded
 
 
 def test_chunks_crossing_shard_boundaries_land_in_their_shards(tmp_path):
@@ -41,3 +41,26 @@ def test_shards_spread_evenly_and_do_not_depend_on_anything_but_the_hash():
     counts = np.bincount([shard_of(h) for h in hashes], minlength=SHARDS)
     assert counts.min() > 60 and counts.max() < 145  # about 100 each
     assert shard_of("00000041" + "f" * 56) == 0x41 % SHARDS
+
+
+def test_a_lazy_sharded_array_reads_the_rows_asked_for_in_order(tmp_path):
+    shard_ids = np.repeat([2, 7, 30], [3, 1, 4])
+    rows = np.arange(8 * 3, dtype=np.uint8).reshape(8, 3)
+    write_sharded(tmp_path, "x", shard_ids, [rows], (3,))
+    lazy = ShardedArray(tmp_path, "x", (3,))
+    assert len(lazy) == 8 and lazy.shape == (8, 3)
+    np.testing.assert_array_equal(lazy[np.array([7, 0, 3, 4])], rows[[7, 0, 3, 4]])
+    np.testing.assert_array_equal(lazy[5], rows[5])
+    np.testing.assert_array_equal(lazy[2:6], rows[2:6])
+    np.testing.assert_array_equal(np.asarray(lazy), rows)
+
+
+def test_an_empty_file_in_a_shard_of_its_own_reads_as_no_bytes(tmp_path):
+    from imgclf.ingest import IngestedImages, Ref
+    from imgclf.paths import Layout
+
+    paths = Layout(tmp_path)
+    paths.ingested_shards.mkdir(parents=True)
+    (paths.ingested_shards / "images-02.bin").write_bytes(b"")  # the empty file's shard holds nothing else
+    reader = IngestedImages(paths, {"format": "bytes"})
+    assert reader.raw(Ref(0, shard=2, offset=0, nbytes=0)).size == 0
