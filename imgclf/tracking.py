@@ -1,8 +1,11 @@
 """MLflow tracking: one run per training, shared by evaluate and export through ``models/run.json``.
 
-The tracking URI is ``MLFLOW_TRACKING_URI`` when set (a shared server), else the
-local default ``sqlite:///mlflow.db`` at the repository root, with artifacts in
-MLflow's default ``mlruns/`` beside it (both git-ignored).
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set (a shared server), else
+``sqlite:///mlflow.db`` at the root of the repository the user works in, with artifacts in
+``mlruns/`` beside it (both git-ignored). "The repository the user works in" is ``DVC_ROOT``
+when DVC sets it: a queued or ``--temp`` experiment runs in a temporary copy under
+``.dvc/tmp/exps/`` that DVC deletes afterwards, and its runs must land in the workspace's store
+like every other run (and find the run that ``models/run.json`` names when it does not retrain).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,20 +27,36 @@ from imgclf.paths import Layout
 log = logging.getLogger(__name__)
 
 
+# Without it, MLflow 3's UI opens an experiment in its GenAI view (traces, prompts).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def store_root(root: Path) -> Path:
+    """Where the local store lives: the workspace DVC runs experiments for, else ``root``."""
+    return Path(os.environ.get("DVC_ROOT") or root).resolve()
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
 def configure(root: Path, experiment_name: str) -> str:
-    """Point MLflow at our store and experiment; return the experiment id."""
+    """Point MLflow at our store and experiment (created as a model-training one); return its id."""
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
+    if experiment is None:
+        # A local store's artifacts go beside it, wherever the run's working directory is (MLflow's
+        # default is ./mlruns of the process that creates the experiment); a server decides for itself.
+        local = "MLFLOW_TRACKING_URI" not in os.environ
+        location = (store_root(root) / "mlruns").as_uri() if local else None
+        experiment_id = client.create_experiment(experiment_name, artifact_location=location, tags=EXPERIMENT_KIND)
     else:
-        experiment_id = client.create_experiment(experiment_name)
+        experiment_id = experiment.experiment_id
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment_id, key, value)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -68,7 +88,48 @@ def run_tags(root: Path, data_hash: str, model_name: str) -> dict[str, str]:
         tags["git_commit"] = commit
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = exp_name
+    if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = baseline
     return tags
+
+
+def run_name(root: Path, model: str, learning_rate: float, batch_size: int) -> str:
+    """The DVC experiment's name when DVC runs one; else what the run is: model, two key params, commit.
+
+    Set explicitly: MLflow's random names come from the global random state, which training seeds
+    before the run starts, so every run of the project used to be called the same."""
+    if name := os.environ.get("DVC_EXP_NAME"):
+        return name
+    commit = git_commit(root)
+    return f"{model} lr={learning_rate:g} batch={batch_size}" + (f" @{commit[:7]}" if commit else "")
+
+
+def dvc_hash(root: Path, out: str) -> str | None:
+    """The hash ``dvc.lock`` records for a stage output (``data/preprocessed``), or None if not yet there."""
+    import yaml
+
+    lock = Path(root) / "dvc.lock"
+    if not lock.exists():
+        return None
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for entry in stage.get("outs", []):
+            if entry.get("path") == out:
+                return str(entry.get("md5", "")).removesuffix(".dir") or None
+    return None
+
+
+def log_split(paths: Layout, split: str, x, y, context: str) -> None:
+    """One preprocessed split as an MLflow dataset input of the active run ("Datasets" on its page):
+    name = the split, digest = DVC's hash of ``data/preprocessed`` (so two runs on the same data show
+    the same digest), source = the DVC path at the git commit."""
+    folder = paths.preprocessed_split(split).relative_to(paths.root).as_posix()
+    digest = dvc_hash(paths.root, paths.preprocessed.relative_to(paths.root).as_posix())
+    commit = git_commit(paths.root)
+    source = f"{folder}@{commit[:7]}" if commit else folder
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(x, targets=y, name=split, digest=digest, source=source)
+    mlflow.log_input(dataset, context=context, tags={"dvc_path": folder, "images": str(len(y))})
 
 
 def write_run_info(paths: Layout, run: mlflow.entities.Run, registered: dict | None) -> None:
@@ -84,14 +145,17 @@ def write_run_info(paths: Layout, run: mlflow.entities.Run, registered: dict | N
 
 
 @contextlib.contextmanager
-def resumable_run(run_dir: Path, root: Path, experiment_name: str) -> Iterator[tuple[mlflow.ActiveRun, bool]]:
+def resumable_run(
+    run_dir: Path, root: Path, experiment_name: str, name: str | None = None
+) -> Iterator[tuple[mlflow.ActiveRun, bool]]:
     """The training's MLflow run: a new one, or, when ``run_dir`` (the training's backup folder) says a
     killed training started one, that run again, so a resumed training logs where it began.
     Yields the active run and whether it was resumed."""
     experiment_id = configure(root, experiment_name)
     run_id_file = run_dir / "mlflow_run_id"
     run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, log_system_metrics=False) as run:
+    start = {"run_id": run_id} if run_id else {"run_name": name}
+    with mlflow.start_run(experiment_id=experiment_id, log_system_metrics=False, **start) as run:
         run_id_file.write_text(run.info.run_id)
         if run_id is not None:
             log.info("continuing MLflow run %s", run_id)

@@ -59,10 +59,13 @@ def main(params, paths):
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
 
-    with tracking.resumable_run(run_dir, paths.root, params["experiment_name"]) as (run, resumed):
+    name = tracking.run_name(paths.root, params["model"], params["learning_rate"], plan.batch_size)
+    with tracking.resumable_run(run_dir, paths.root, params["experiment_name"], name) as (run, resumed):
         if not resumed:
             mlflow.log_params(tracking.flatten(read_file()) | plan.mlflow_params())
             mlflow.set_tags(tracking.run_tags(paths.root, data_hash, params["model"]))
+            tracking.log_split(paths, "train", data.x_train, data.y_train, "training")
+            tracking.log_split(paths, "val", data.x_val, data.y_val, "validation")
         mlflow.set_tag("training_setup", setup)  # also when resumed: it may resume on other devices
         extra = [tracking.EpochMetrics(log_setup=not resumed)] if chief else []
         epoch_logger = training.fit(model, data, params, plan, run_dir, epoch_log, extra)

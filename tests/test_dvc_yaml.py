@@ -22,7 +22,9 @@ def _rel(path):
 def test_every_stage_has_its_script_and_own_params_section():
     for name, stage in DVC.items():
         script = f"stages/{name.replace('-', '_')}.py"
-        assert stage["cmd"] == f"python {script}"
+        # -m: the run's own copy of the package is imported, even from a queued experiment's temporary
+        # copy while `pip install -e .` points at the workspace (the cwd comes first on sys.path)
+        assert stage["cmd"] == f"python -m stages.{name.replace('-', '_')}"
         assert script in stage["deps"]
         assert all(
             (REPO_ROOT / dep).exists() or dep.startswith(("data/", "models/", "reports/")) for dep in stage["deps"]

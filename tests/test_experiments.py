@@ -1,0 +1,81 @@
+"""Queued DVC experiments, run two at a time in DVC's temporary copies, as a team runs them: each runs
+its own code, one that does not retrain reuses the baseline's MLflow run, and every MLflow run lands
+in the workspace's store with a readable name, its experiment's tags and its datasets."""
+
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgclf.io import read_json
+from imgclf.paths import layout
+from tests.conftest import run, set_params
+
+pytestmark = pytest.mark.slow
+MARKER = "Queued with a code change that the workspace no longer has."
+
+
+def _wait_for_queue(root, timeout_s=900):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}")
+
+
+def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_store(repo_copy, fashion_mnist_dir):
+    root = repo_copy
+    set_params(
+        root,
+        ingest={"limit": 20},
+        validate={"min_per_class": 10},
+        train={"epochs": 1, "batch_size": 64},
+        export={"variants": ["float32"], "calibration_samples": 20, "latency_runs": 2, "max_accuracy_drop": 1.0},
+        predict={"variant": "float32"},
+    )
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline"], root)
+    baseline_run = read_json(layout(root).run_info)["run_id"]
+
+    # 1. a code change queued, then reverted in the workspace before the queue runs
+    metrics_py = root / "imgclf" / "metrics.py"
+    original = metrics_py.read_text()
+    marker_code = original.replace(
+        'lines = [\n        "# Evaluation",', f'lines = [\n        "# Evaluation",\n        "{MARKER}",'
+    )
+    assert marker_code != original, "evaluation_summary's first lines changed: update this test"
+    metrics_py.write_text(marker_code)
+    run(["dvc", "exp", "run", "--queue", "-n", "code-change"], root)
+    metrics_py.write_text(original)
+    # 2. a change to evaluate's params only (no retraining), 3. one that retrains
+    run(["dvc", "exp", "run", "--queue", "-n", "eval-only", "-S", "evaluate.top_k=2"], root)
+    run(["dvc", "exp", "run", "--queue", "-n", "retrain", "-S", "train.learning_rate=0.001"], root)
+    run(["dvc", "queue", "start", "-j", "2"], root)
+    status = _wait_for_queue(root)
+    assert status.count("Success") == 3, status
+
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root).stdout.split()
+    ref = {name: next(r for r in refs if r.endswith(f"/{name}")) for name in ("code-change", "eval-only", "retrain")}
+    summary = run(["git", "show", f"{ref['code-change']}:reports/eval/summary.md"], root).stdout
+    assert MARKER in summary  # the experiment's own copy of imgclf ran, not the workspace's
+    assert MARKER not in (layout(root).eval_summary).read_text()
+    eval_only_run = run(["git", "show", f"{ref['eval-only']}:models/run.json"], root).stdout
+    assert baseline_run in eval_only_run  # not retrained: evaluate found the baseline's run in the store
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imgclf")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert len(by_name) == len(runs) == 2, [r.info.run_name for r in runs]  # baseline + retrain, distinct names
+    retrained = by_name["retrain"]
+    assert retrained.data.tags["dvc_exp_name"] == "retrain" and retrained.data.tags["dvc_exp_baseline_rev"]
+    assert "test_accuracy" in retrained.data.metrics  # evaluate, in the temporary copy, logged into it
+    assert {i.dataset.name for i in retrained.inputs.dataset_inputs} == {"train", "val", "test"}
+    baseline = client.get_run(baseline_run)
+    assert baseline.info.run_name == "simple_cnn lr=0.003 batch=64"  # model, key params (no commit yet)
+    assert "test_top_2_accuracy" in baseline.data.metrics  # the eval-only experiment logged into the baseline run
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))  # no store left in a temporary copy
