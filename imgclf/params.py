@@ -267,6 +267,12 @@ class Predict(Section):
     csv_column: str | None = describe("CLI: column of image names in a CSV; null = detect")
 
 
+# promote
+class Promote(Section):
+    min_gain: Annotated[float, Field(ge=0)] = describe("champion only when accuracy beats it by more than this...")
+    significance: Annotated[float, Field(gt=0)] = describe("... and McNemar's p (the gain is noise) is below this")
+
+
 SCHEMA: dict[str, type[Section]] = {
     "ingest": Ingest,
     "validate": Validate,
@@ -276,6 +282,7 @@ SCHEMA: dict[str, type[Section]] = {
     "evaluate": Evaluate,
     "export": Export,
     "predict": Predict,
+    "promote": Promote,
 }
 
 

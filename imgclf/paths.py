@@ -175,6 +175,12 @@ class Layout:
         """Predictions for the ``predict`` split (unlabelled images the source provides)."""
         return self.root / "reports" / "predict" / "predictions.csv"
 
+    # promote
+    @property
+    def promotion(self) -> Path:
+        """The registry decision: candidate and champion aliases, the comparison, the reason."""
+        return self.root / "reports" / "promotion.json"
+
 
 def layout(root: str | Path | None = None) -> Layout:
     """The layout under ``root`` (default: the repository this package lives in, or the cwd)."""

@@ -2,6 +2,7 @@
 its own code, one that does not retrain reuses the baseline's MLflow run, and every MLflow run lands
 in the workspace's store with a readable name, its experiment's tags and its datasets."""
 
+import json
 import time
 
 import pytest
@@ -39,6 +40,8 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "baseline"], root)
     baseline_run = read_json(layout(root).run_info)["run_id"]
+    promotion = read_json(layout(root).promotion)
+    assert promotion["promote"] and promotion["version"] == "1" and "no champion yet" in promotion["reason"]
 
     # 1. a code change queued, then reverted in the workspace before the queue runs
     metrics_py = root / "imgclf" / "metrics.py"
@@ -79,3 +82,10 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     assert baseline.info.run_name == "simple_cnn lr=0.003 batch=64"  # model, key params (no commit yet)
     assert "test_top_2_accuracy" in baseline.data.metrics  # the eval-only experiment logged into the baseline run
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))  # no store left in a temporary copy
+
+    # the retrained model is version 2: the candidate; champion only if it beat version 1 beyond noise
+    assert str(client.get_model_version_by_alias("imgclf-classifier", "candidate").version) == "2"
+    retrain_promotion = json.loads(run(["git", "show", f"{ref['retrain']}:reports/promotion.json"], root).stdout)
+    assert retrain_promotion["version"] == "2" and retrain_promotion["champion_before"] == "1"
+    champion = str(client.get_model_version_by_alias("imgclf-classifier", "champion").version)
+    assert champion == ("2" if retrain_promotion["promote"] else "1")

@@ -1,0 +1,122 @@
+"""Promotion in the MLflow model registry: every new version is the ``candidate``; it becomes the
+``champion`` (what serving loads, ``models:/<name>@champion``) only when it beats the current
+champion by more than noise on the same test images.
+
+The comparison is paired, on the images both models were tested on: McNemar's exact test on the
+images where they disagree (:func:`imgclf.metrics.paired_comparison`), as the export gate does.
+Two models tested on different data (the test split's digest differs) cannot be paired: the
+champion stays, and the report says so; a person can still move the alias by hand. Export gates
+need no check here: the promote stage runs only after export-tflite succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from imgclf.metrics import is_significant_drop, paired_comparison
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+@dataclass
+class ScoredModel:
+    """A model version with what promotion needs: its predictions on a test split and that split's digest."""
+
+    version: str
+    run_id: str
+    test_digest: str | None
+    actual: np.ndarray  # class names, in the test split's order
+    predicted: np.ndarray
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+    comparison: dict = field(default_factory=dict)
+
+
+def decide(candidate: ScoredModel, champion: ScoredModel | None, min_gain: float, significance: float) -> Decision:
+    """Whether ``candidate`` takes the champion alias, and why, in words."""
+    if champion is None:
+        return Decision(True, "no champion yet: the first model that passed its gates becomes it")
+    if champion.version == candidate.version:
+        return Decision(True, "this version is already the champion")
+    if champion.test_digest != candidate.test_digest or len(champion.actual) != len(candidate.actual):
+        return Decision(
+            False,
+            f"not compared: the champion (version {champion.version}) was tested on other data "
+            f"(test digest {champion.test_digest} vs {candidate.test_digest}); it stays champion",
+        )
+    if not np.array_equal(champion.actual, candidate.actual):
+        return Decision(False, "not compared: the two test splits hold the same digest but other labels")
+    # "how much worse is the champion than the candidate": a significant drop means a real gain
+    comparison = paired_comparison(candidate.actual, candidate.predicted, champion.predicted)
+    gain = comparison["accuracy_drop"]
+    if is_significant_drop(comparison, min_gain, significance):
+        return Decision(True, f"beats the champion (version {champion.version}) by {gain:+.4f}", comparison)
+    return Decision(
+        False,
+        f"does not beat the champion (version {champion.version}) beyond noise: {gain:+.4f} accuracy, "
+        f"McNemar p {comparison['p_value']:.3g} (needs > {min_gain} and p < {significance})",
+        comparison,
+    )
+
+
+def tested_model(client, version, predictions: pd.DataFrame | None = None) -> ScoredModel | None:
+    """A registered version with its test predictions (the given table, or its run's eval/predictions.csv)."""
+    import mlflow
+
+    run = client.get_run(version.run_id)
+    digest = next((i.dataset.digest for i in run.inputs.dataset_inputs if i.dataset.name == "test"), None)
+    if predictions is None:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="eval/predictions.csv")
+        except Exception as error:  # deleted artifacts, another store: the champion cannot be compared
+            log.warning("version %s: no eval/predictions.csv in its run (%s)", version.version, error)
+            return None
+        predictions = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return ScoredModel(
+        str(version.version),
+        version.run_id,
+        digest,
+        predictions["actual"].to_numpy(),
+        predictions["predicted"].to_numpy(),
+    )
+
+
+def _aliased(client, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception:  # MLflow raises when the alias does not exist
+        return None
+
+
+def promote(client, name: str, version: str, predictions: pd.DataFrame, min_gain: float, significance: float) -> dict:
+    """Set ``candidate`` on ``version`` (unless a newer version holds it: a rerun for an older model,
+    say after an evaluate-only change, must not move it back), decide on ``champion``, return the report."""
+    newest = _aliased(client, name, CANDIDATE)
+    if newest is None or int(newest.version) <= int(version):
+        client.set_registered_model_alias(name, CANDIDATE, version)
+    candidate = tested_model(client, client.get_model_version(name, version), predictions)
+    current = _aliased(client, name, CHAMPION)
+    champion = tested_model(client, current) if current is not None else None
+    if current is not None and champion is None:
+        decision = Decision(False, f"the champion (version {current.version}) has no test predictions to compare")
+    else:
+        decision = decide(candidate, champion, min_gain, significance)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return {
+        "registered_model": name,
+        "version": version,
+        "champion_before": None if current is None else str(current.version),
+        "champion_after": version if decision.promote else (None if current is None else str(current.version)),
+        **asdict(decision),
+    }

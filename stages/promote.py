@@ -1,0 +1,46 @@
+"""Stage promote: the new registered model version -> alias "candidate", and "champion" if it beats the champion.
+
+Runs after evaluate and export-tflite (their gates passed, or DVC would have stopped). The decision,
+with the paired comparison behind it, goes to reports/promotion.json and to the training's MLflow run.
+"""
+
+import logging
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from imgclf import registry, tracking
+from imgclf.io import read_json, require, write_json
+from imgclf.stage import run_stage
+
+log = logging.getLogger(__name__)
+
+
+def main(params, paths):
+    registered = read_json(require(paths.run_info, "train"))["registered_model"]
+    require(paths.export_report, "export-tflite")
+    if not registered:
+        write_json(paths.promotion, {"registered_model": None, "promote": False, "reason": "not registered"})
+        log.info("nothing to promote: train.registered_model_name is null")
+        return [paths.promotion]
+    predictions = pd.read_csv(require(paths.predictions, "evaluate"), dtype=str, keep_default_na=False)
+    with tracking.training_run(paths):
+        report = registry.promote(
+            MlflowClient(),
+            registered["name"],
+            str(registered["version"]),
+            predictions,
+            float(params["min_gain"]),
+            float(params["significance"]),
+        )
+        alias = registry.CHAMPION if report["promote"] else registry.CANDIDATE
+        mlflow.set_tags({"promotion": alias, "promotion_reason": report["reason"]})
+        write_json(paths.promotion, report)
+        mlflow.log_artifact(str(paths.promotion), "registry")
+    log.info("%s version %s is %s: %s", report["registered_model"], report["version"], alias, report["reason"])
+    return [paths.promotion]
+
+
+if __name__ == "__main__":
+    run_stage("promote", main)

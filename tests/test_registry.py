@@ -1,0 +1,104 @@
+"""Promotion rules: candidate always, champion only for a real gain on the same test images."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgclf.registry import CANDIDATE, CHAMPION, ScoredModel, decide, promote
+
+N = 400
+ACTUAL = np.array([f"c{i % 4}" for i in range(N)])
+
+
+def _predicted(right: int) -> np.ndarray:
+    """The first ``right`` images correct, the rest wrong (so a model right on more is right on a superset)."""
+    wrong = np.array([f"c{(i + 1) % 4}" for i in range(N)])
+    return np.where(np.arange(N) < right, ACTUAL, wrong)
+
+
+def _model(version: str, right: int, digest: str = "d1") -> ScoredModel:
+    return ScoredModel(version, f"run{version}", digest, ACTUAL, _predicted(right))
+
+
+def test_the_first_model_becomes_champion():
+    assert decide(_model("1", 300), None, 0.0, 0.05).promote
+
+
+def test_a_clear_gain_on_the_same_images_promotes():
+    decision = decide(_model("2", 340), _model("1", 300), 0.0, 0.05)
+    assert decision.promote and decision.comparison["gained"] == 0 and decision.comparison["lost"] == 40
+    assert "+0.1000" in decision.reason
+
+
+def test_a_gain_within_noise_or_below_min_gain_does_not_promote():
+    assert not decide(_model("2", 303), _model("1", 300), 0.0, 0.05).promote  # 3 images: p = 0.125
+    assert not decide(_model("2", 340), _model("1", 300), 0.2, 0.05).promote  # real, but under min_gain
+    assert not decide(_model("2", 280), _model("1", 300), 0.0, 0.05).promote  # worse
+
+
+def test_models_tested_on_other_data_are_not_compared():
+    decision = decide(_model("2", 400, digest="d2"), _model("1", 300), 0.0, 0.05)
+    assert not decision.promote and "other data" in decision.reason
+
+
+def _register(client, name: str, right: int, tmp_path, digest: str = "d1") -> str:
+    """A run tested on ``digest`` with its eval/predictions.csv, registered as a new version of ``name``."""
+    with mlflow.start_run() as run:
+        dataset = mlflow.data.from_numpy(np.zeros((N, 2)), targets=np.zeros(N), name="test", digest=digest)
+        mlflow.log_input(dataset, context="testing")
+        table = tmp_path / "predictions.csv"
+        pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(right)}).to_csv(table, index=False)
+        mlflow.log_artifact(str(table), "eval")
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version)
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = MlflowClient().create_experiment("t", artifact_location=(tmp_path / "mlruns").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    yield MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def _aliases(client, name):
+    return {alias: str(client.get_model_version_by_alias(name, alias).version) for alias in (CANDIDATE, CHAMPION)}
+
+
+def test_promotion_moves_the_aliases_in_the_registry(client, tmp_path):
+    def table(right):
+        return pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(right)})
+
+    first = _register(client, "m", 300, tmp_path)
+    report = promote(client, "m", first, table(300), 0.0, 0.05)
+    assert report["promote"] and report["champion_before"] is None
+    assert _aliases(client, "m") == {CANDIDATE: "1", CHAMPION: "1"}
+
+    better = _register(client, "m", 360, tmp_path)
+    report = promote(client, "m", better, table(360), 0.0, 0.05)
+    assert report["promote"] and report["champion_before"] == "1" and report["champion_after"] == "2"
+    assert _aliases(client, "m") == {CANDIDATE: "2", CHAMPION: "2"}
+
+    worse = _register(client, "m", 330, tmp_path)
+    report = promote(client, "m", worse, table(330), 0.0, 0.05)
+    assert not report["promote"] and report["champion_after"] == "2"
+    assert report["comparison"]["lost"] == 0 and report["comparison"]["gained"] == 30
+    assert _aliases(client, "m") == {CANDIDATE: "3", CHAMPION: "2"}
+
+
+def test_a_rerun_for_an_older_version_moves_no_alias_back(client, tmp_path):
+    def table(right):
+        return pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(right)})
+
+    first = _register(client, "m", 300, tmp_path)
+    promote(client, "m", first, table(300), 0.0, 0.05)
+    second = _register(client, "m", 360, tmp_path)
+    promote(client, "m", second, table(360), 0.0, 0.05)
+    report = promote(client, "m", first, table(300), 0.0, 0.05)  # e.g. evaluate reran for version 1
+    assert not report["promote"]
+    assert _aliases(client, "m") == {CANDIDATE: "2", CHAMPION: "2"}
