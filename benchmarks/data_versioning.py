@@ -14,7 +14,6 @@ to reports/bench/data_versioning.{json,md} (not a DVC output).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from imgclf.io import write_json, write_text
 from tests.conftest import set_params
 from tests.photos import photo_set
 from tests.pipeline_copy import new_repository
@@ -120,9 +120,8 @@ def main() -> None:
             for r in rows
         ],
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "data_versioning.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "data_versioning.md").write_text("\n".join(lines) + "\n")
+    write_json(args.out / "data_versioning.json", result)
+    write_text(args.out / "data_versioning.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

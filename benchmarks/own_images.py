@@ -28,6 +28,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from imgclf.io import write_json, write_text
+
 PHASES = ("ingest", "validate", "preprocess")
 
 
@@ -144,9 +146,8 @@ def main() -> None:
             for r in rows
         ],
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "own_images.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "own_images.md").write_text("\n".join(lines) + "\n")
+    write_json(args.out / "own_images.json", result)
+    write_text(args.out / "own_images.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

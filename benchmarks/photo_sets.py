@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import pandas as pd
 import yaml
 
+from imgclf.io import write_json, write_text
 from imgclf.paths import layout
 from tests.photos import photo_set, truth_path
 from tests.pipeline_copy import new_repository
@@ -276,9 +277,8 @@ def main() -> None:
         "rows": rows,
     }
     markdown = to_markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "photo_sets.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "photo_sets.md").write_text(markdown + "\n")
+    write_json(args.out / "photo_sets.json", result)
+    write_text(args.out / "photo_sets.md", markdown + "\n")
     print(markdown)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -107,6 +108,21 @@ def _work(args):
     return augment_batch(A.from_dict(policy_dict), images, seed)
 
 
+def _blocks(groups: np.ndarray, copies: int) -> Iterator[tuple[int, int, int, int]]:
+    """(group, copy, first image, image count) in the output's order: group after group, copy after
+    copy within a group. ``groups``: non-decreasing, one per image."""
+    names, starts, counts = np.unique(groups, return_index=True, return_counts=True)
+    for group, first, count in zip(names, starts, counts, strict=True):
+        for copy in range(copies):
+            yield int(group), copy, int(first), int(count)
+
+
+def source_rows(groups: np.ndarray, copies: int) -> np.ndarray:
+    """The image behind each row of :func:`materialize`'s output, for its labels and shards."""
+    blocks = [np.arange(first, first + count) for _, _, first, count in _blocks(np.asarray(groups), copies)]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+
+
 def materialize(
     policy: A.Compose,
     images: np.ndarray,
@@ -119,7 +135,7 @@ def materialize(
     """``copies`` augmented versions of ``images``: group after group, copy after copy within a group.
 
     ``groups`` (non-decreasing, one per image; default: one group) are the shards of
-    :mod:`imgclf.shards`. Every chunk is seeded by (seed, copy, group, chunk within the group), so a
+    :mod:`imgclf.shards`; :func:`source_rows` says which image each output row comes from. Every chunk is seeded by (seed, copy, group, chunk within the group), so a
     group's augmentations depend on that group alone: a photo added to one shard leaves the other
     shards' augmented copies byte for byte as they were. A progress bar shows in a terminal.
     """
@@ -130,17 +146,15 @@ def materialize(
     groups = np.zeros(len(images), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     if len(groups) != len(images) or np.any(np.diff(groups) < 0):
         raise ValueError("groups must give one non-decreasing group per image")
-    names, starts, counts = np.unique(groups, return_index=True, return_counts=True)
     workers = workers or os.cpu_count() or 1
     policy_dict = A.to_dict(policy)
     jobs = []  # (output offset, first image, images, seed)
     offset = 0
-    for group, first, count in zip(names, starts, counts, strict=True):
-        for copy in range(copies):
-            for chunk, start in enumerate(range(first, first + count, CHUNK_SIZE)):
-                size = min(CHUNK_SIZE, first + count - start)
-                jobs.append((offset, start, size, chunk_seed(seed, copy, int(group), chunk)))
-                offset += size
+    for group, copy, first, count in _blocks(groups, copies):
+        for chunk, start in enumerate(range(first, first + count, CHUNK_SIZE)):
+            size = min(CHUNK_SIZE, first + count - start)
+            jobs.append((offset, start, size, chunk_seed(seed, copy, group, chunk)))
+            offset += size
     out = np.empty((copies * len(images), *images.shape[1:]), dtype=np.uint8)
     bar = tqdm(total=len(out), desc="augment", unit="img", disable=None if progress else True)
     args = ((policy_dict, np.asarray(images[start : start + size]), s) for _, start, size, s in jobs)

@@ -100,8 +100,9 @@ class ShardedArray:
     export's calibration images). ``np.asarray`` reads it whole."""
 
     def __init__(self, folder: Path, name: str, item_shape: tuple, dtype=np.uint8):
-        self.files = shard_files(folder, name)
-        self._parts = [read_npy(path) for path in self.files]
+        files = shard_files(folder, name)
+        self.shards = [int(path.stem.rsplit("-", 1)[1]) for path in files]  # x-07.npy -> 7
+        self._parts = [read_npy(path) for path in files]
         self.lengths = [len(part) for part in self._parts]
         self._starts = np.cumsum([0, *self.lengths])
         self.shape = (int(self._starts[-1]), *item_shape)
@@ -126,20 +127,14 @@ class ShardedArray:
         whole = np.concatenate(self._parts) if self._parts else np.empty(self.shape, self.dtype)
         return whole if dtype is None else whole.astype(dtype)
 
+    def row_shards(self) -> np.ndarray:
+        """The shard of each row, from the shard files' names and lengths."""
+        return np.repeat(np.array(self.shards, dtype=np.int64), self.lengths)
+
 
 def read_sharded(folder: Path, name: str, item_shape: tuple, dtype=np.uint8) -> np.ndarray:
     """All shards of ``name`` in shard order, as one in-memory array (empty when there are none)."""
     return np.asarray(ShardedArray(folder, name, item_shape, dtype))
-
-
-def row_shards(folder: Path, name: str) -> np.ndarray:
-    """The shard of each row of :func:`read_sharded`'s array, from the shard files' names and lengths."""
-    array = ShardedArray(folder, name, ())
-    return np.repeat([_shard_number(path) for path in array.files], array.lengths).astype(np.int64)
-
-
-def _shard_number(path: Path) -> int:
-    return int(path.stem.rsplit("-", 1)[1])
 
 
 def read_split(paths, split: str, empty: str | None = None, lazy: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -152,9 +147,7 @@ def read_split(paths, split: str, empty: str | None = None, lazy: bool = False) 
     folder = paths.preprocessed_split(split)
     x = ShardedArray(folder, "x", tuple(meta["input_shape"]))
     y = ShardedArray(folder, "y", (), dtype=np.int64)
-    if [(_shard_number(p), n) for p, n in zip(x.files, x.lengths, strict=True)] != [
-        (_shard_number(p), n) for p, n in zip(y.files, y.lengths, strict=True)
-    ]:
+    if (x.shards, x.lengths) != (y.shards, y.lengths):
         raise PipelineError(f"{folder}: the image and label shards do not match; rerun preprocess")
     if empty and len(x) == 0:
         raise PipelineError(f"the {split} split is empty: {empty}")

@@ -118,18 +118,19 @@ def dvc_hash(root: Path, out: str) -> str | None:
     return None
 
 
-def log_split(paths: Layout, split: str, x, y, context: str) -> None:
-    """One preprocessed split as an MLflow dataset input of the active run ("Datasets" on its page):
-    name = the split, digest = DVC's hash of ``data/preprocessed`` (so two runs on the same data show
-    the same digest), source = the DVC path at the git commit."""
-    folder = paths.preprocessed_split(split).relative_to(paths.root).as_posix()
+def log_splits(paths: Layout, splits: dict[str, tuple]) -> None:
+    """Preprocessed splits as MLflow dataset inputs of the active run ("Datasets" on its page), from
+    ``{split: (x, y, context)}``: name = the split, digest = DVC's hash of ``data/preprocessed`` (so two
+    runs on the same data show the same digest), source = the DVC path at the git commit."""
     digest = dvc_hash(paths.root, paths.preprocessed.relative_to(paths.root).as_posix())
     commit = git_commit(paths.root)
-    source = f"{folder}@{commit[:7]}" if commit else folder
-    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(x, targets=y, name=split, digest=digest, source=source)
-    mlflow.log_input(dataset, context=context, tags={"dvc_path": folder, "images": str(len(y))})
+    for split, (x, y, context) in splits.items():
+        folder = paths.preprocessed_split(split).relative_to(paths.root).as_posix()
+        source = f"{folder}@{commit[:7]}" if commit else folder
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(x, targets=y, name=split, digest=digest, source=source)
+        mlflow.log_input(dataset, context=context, tags={"dvc_path": folder, "images": str(len(y))})
 
 
 def write_run_info(paths: Layout, run: mlflow.entities.Run, registered: dict | None) -> None:

@@ -4,25 +4,24 @@ import logging
 
 import numpy as np
 
-from imgclf.augmentation import build_policy, materialize, preview_grid, save_policy
+from imgclf.augmentation import build_policy, materialize, preview_grid, save_policy, source_rows
 from imgclf.io import read_json
-from imgclf.shards import read_split, row_shards, write_sharded
+from imgclf.shards import read_split, write_sharded
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)
 
 
 def main(params, paths):
-    x, y = read_split(paths, "train", empty="nothing to augment (see reports/validation.md)")
-    shards = row_shards(paths.preprocessed_split("train"), "x")
+    lazy, y = read_split(paths, "train", empty="nothing to augment (see reports/validation.md)", lazy=True)
+    x, shards = np.asarray(lazy), lazy.row_shards()
     class_names = read_json(paths.preprocessed_meta)["class_names"]
     policy = build_policy(params["policy"], x.shape[1:3])
     save_policy(policy, paths.augment_policy)
     copies, seed = int(params["copies"]), int(params["seed"])
     log.info("augmenting %d training images x %d copies with %d transforms", len(x), copies, len(policy.transforms))
     augmented = materialize(policy, x, copies, seed, params["workers"], groups=shards)
-    per_shard = [np.flatnonzero(shards == shard) for shard in np.unique(shards)]
-    source = np.concatenate([np.tile(rows, copies) for rows in per_shard]) if copies else np.zeros(0, np.int64)
+    source = source_rows(shards, copies)
     write_sharded(paths.augmented, "x", shards[source], [augmented], x.shape[1:])
     write_sharded(paths.augmented, "y", shards[source], [y[source]], (), dtype=np.int64)
 

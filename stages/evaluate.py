@@ -44,7 +44,7 @@ def main(params, paths):
         figures.grad_cam_grid(model, x[picks], y[picks], class_names, out / "grad_cam.png")
 
     with tracking.training_run(paths):
-        tracking.log_split(paths, "test", x, y, "testing")
+        tracking.log_splits(paths, {"test": (x, y, "testing")})
         scalars = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, int | float) and v is not None}
         mlflow.log_metrics(scalars)
         mlflow.log_metrics({f"baseline_{k}": versus[k] for k in ("accuracy", "macro_f1", "network_minus_baseline")})

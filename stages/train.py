@@ -64,8 +64,10 @@ def main(params, paths):
         if not resumed:
             mlflow.log_params(tracking.flatten(read_file()) | plan.mlflow_params())
             mlflow.set_tags(tracking.run_tags(paths.root, data_hash, params["model"]))
-            tracking.log_split(paths, "train", data.x_train, data.y_train, "training")
-            tracking.log_split(paths, "val", data.x_val, data.y_val, "validation")
+            tracking.log_splits(
+                paths,
+                {"train": (data.x_train, data.y_train, "training"), "val": (data.x_val, data.y_val, "validation")},
+            )
         mlflow.set_tag("training_setup", setup)  # also when resumed: it may resume on other devices
         extra = [tracking.EpochMetrics(log_setup=not resumed)] if chief else []
         epoch_logger = training.fit(model, data, params, plan, run_dir, epoch_log, extra)

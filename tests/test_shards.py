@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgclf.shards import SHARDS, ShardedArray, read_sharded, row_shards, shard_files, shard_of, write_sharded
+from imgclf.shards import SHARDS, ShardedArray, read_sharded, shard_files, shard_of, write_sharded
 
 
 def test_chunks_crossing_shard_boundaries_land_in_their_shards(tmp_path):
@@ -11,7 +11,7 @@ def test_chunks_crossing_shard_boundaries_land_in_their_shards(tmp_path):
     written = write_sharded(tmp_path, "x", shard_ids, chunks, (2, 2))
     assert [p.name for p in written] == ["x-00.npy", "x-05.npy", "x-09.npy", "x-63.npy"]
     np.testing.assert_array_equal(read_sharded(tmp_path, "x", (2, 2)), rows)
-    np.testing.assert_array_equal(row_shards(tmp_path, "x"), shard_ids)
+    np.testing.assert_array_equal(ShardedArray(tmp_path, "x", (2, 2)).row_shards(), shard_ids)
     np.testing.assert_array_equal(np.load(tmp_path / "x-09.npy"), rows[5:9])
 
 
