@@ -69,7 +69,7 @@ def decide(candidate: ScoredModel, champion: ScoredModel | None, min_gain: float
     )
 
 
-def tested_model(client, version, predictions: pd.DataFrame | None = None) -> ScoredModel | None:
+def scored_model(client, version, predictions: pd.DataFrame | None = None) -> ScoredModel | None:
     """A registered version with its test predictions (the given table, or its run's eval/predictions.csv)."""
     import mlflow
 
@@ -104,9 +104,9 @@ def promote(client, name: str, version: str, predictions: pd.DataFrame, min_gain
     newest = _aliased(client, name, CANDIDATE)
     if newest is None or int(newest.version) <= int(version):
         client.set_registered_model_alias(name, CANDIDATE, version)
-    candidate = tested_model(client, client.get_model_version(name, version), predictions)
+    candidate = scored_model(client, client.get_model_version(name, version), predictions)
     current = _aliased(client, name, CHAMPION)
-    champion = tested_model(client, current) if current is not None else None
+    champion = scored_model(client, current) if current is not None else None
     if current is not None and champion is None:
         decision = Decision(False, f"the champion (version {current.version}) has no test predictions to compare")
     else:
