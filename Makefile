@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset run test lint bench bench-quick clean
+.PHONY: setup dataset run test tune lint bench bench-quick clean
 setup: $(VENV)/.installed dataset
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -28,6 +28,10 @@ run: setup
 
 test: setup
 	pytest
+
+# Optuna search over params.yaml's tune section (after `dvc repro augment`); README: Hyperparameter search
+tune: setup
+	python -m imgclf.tune
 
 bench: setup
 	python benchmarks/run.py

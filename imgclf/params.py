@@ -25,6 +25,8 @@ from imgclf.io import PipelineError
 
 # Stage name (dvc.yaml) -> its params section, where the two differ.
 STAGE_SECTIONS = {"export-tflite": "export"}
+# Sections read by a command rather than a stage (python -m imgclf.tune).
+COMMAND_SECTIONS = ("tune",)
 
 Rule = Literal["error", "warn", "off"]
 Workers = Annotated[int, Field(ge=1)] | None
@@ -273,6 +275,40 @@ class Promote(Section):
     significance: Annotated[float, Field(gt=0)] = describe("... and McNemar's p (the gain is noise) is below this")
 
 
+# tune (python -m imgclf.tune; not a stage: see imgclf/tune.py)
+class SearchRange(Section):
+    """A number between ``low`` and ``high``: integers when both are integers, else floats."""
+
+    low: int | float = describe("smallest value tried")
+    high: int | float = describe("largest value tried")
+    log: bool = Field(False, description="sample on a log scale (learning rates, weight decay)")
+
+
+class SearchChoices(Section):
+    choices: Annotated[list[int | float | str | bool], Field(min_length=1)] = describe("the values tried")
+
+
+class TunePruner(Section):
+    startup_trials: Annotated[int, Field(ge=0)] = describe("trials that are never pruned (the median needs them)")
+    warmup_epochs: Annotated[int, Field(ge=0)] = describe("epochs of a trial before it can be pruned")
+
+
+class Tune(Section):
+    study_name: str = describe("the Optuna study; trials add up across runs of the search with the same name")
+    storage: str | None = describe("Optuna RDB URL; null = sqlite optuna.db in the workspace; postgresql:// shares it")
+    trials: PositiveInt = describe("the study's trial budget, shared by every process working on it")
+    timeout_min: Annotated[float, Field(gt=0)] | None = describe("stop starting trials after this long; null = none")
+    epochs: PositiveInt = describe("epochs per trial (the schedule spans them)")
+    max_train_images: PositiveInt | None = describe("stratified, seeded subset of the training images; null = all")
+    max_val_images: PositiveInt | None = describe("... and of the validation images")
+    metric: Literal["val_accuracy", "val_loss"] = describe("best epoch's value is the objective; reported for pruning")
+    seed: int = describe("sampler seed")
+    pruner: TunePruner
+    space: dict[str, SearchRange | SearchChoices] = describe(
+        "train params to search, by dotted key (a list item by index): {low, high, log} or {choices}"
+    )
+
+
 SCHEMA: dict[str, type[Section]] = {
     "ingest": Ingest,
     "validate": Validate,
@@ -283,6 +319,7 @@ SCHEMA: dict[str, type[Section]] = {
     "export": Export,
     "predict": Predict,
     "promote": Promote,
+    "tune": Tune,
 }
 
 

@@ -181,6 +181,20 @@ class Layout:
         """The registry decision: candidate and champion aliases, the comparison, the reason."""
         return self.root / "reports" / "promotion.json"
 
+    # tune (python -m imgclf.tune: a command, not a stage)
+    @property
+    def tune_reports(self) -> Path:
+        return self.root / "reports" / "tune"
+
+    @property
+    def tune_trials(self) -> Path:
+        return self.tune_reports / "trials.csv"
+
+    @property
+    def tune_best(self) -> Path:
+        """The best trial's params, and the ``dvc exp run -S ...`` line that applies them."""
+        return self.tune_reports / "best_params.json"
+
 
 def layout(root: str | Path | None = None) -> Layout:
     """The layout under ``root`` (default: the repository this package lives in, or the cwd)."""
