@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset run test tune lint bench bench-quick clean
+.PHONY: setup dataset run test tune serve lint bench bench-quick clean
 setup: $(VENV)/.installed dataset
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -32,6 +32,10 @@ test: setup
 # Optuna search over params.yaml's tune section (after `dvc repro augment`); README: Hyperparameter search
 tune: setup
 	python -m imgclf.tune
+
+# The HTTP service on 127.0.0.1:8000 (README: Serving); IMGCLF_MODEL=models:/imgclf-classifier@champion to serve the champion
+serve: setup
+	python -m imgclf.serve
 
 bench: setup
 	python benchmarks/run.py

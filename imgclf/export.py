@@ -1,14 +1,16 @@
-"""export-tflite: convert the Keras model to .tflite variants and verify each one with LiteRT.
+"""export-tflite: convert the Keras model to .tflite variants (and ONNX) and verify each one with its runtime.
 
 Conversion goes through a SavedModel (``model.export(..., format="tf_saved_model")``
 then ``tf.lite.TFLiteConverter.from_saved_model``) with built-in TFLite ops only, so
 the files run on a phone's LiteRT runtime. Verification runs the .tflite files
-themselves with ``ai_edge_litert``'s interpreter, never the Keras model.
+themselves with ``ai_edge_litert``'s interpreter, never the Keras model. The ``onnx`` variant is
+Keras' own ``model.export(..., format="onnx")`` (tf2onnx underneath), verified with onnxruntime.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.io import PipelineError, write_bytes
+from imgclf.io import PipelineError, atomic_path, write_bytes
 from imgclf.paths import Layout
+from imgclf.runtime import TFLiteClassifier, load_classifier  # noqa: F401 (TFLiteClassifier: the stages' and tests' name)
 
 log = logging.getLogger(__name__)
-VARIANTS = ("float32", "float16", "dynamic", "int8")
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+VARIANTS = (*TFLITE_VARIANTS, "onnx")
 
 
 def calibration_sample(x: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -34,8 +38,10 @@ def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None 
     """One variant's .tflite bytes. int8 is full-integer: uint8 in, uint8 probabilities out."""
     import tensorflow as tf
 
-    if variant not in VARIANTS:
-        raise PipelineError(f"export.variants: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant not in TFLITE_VARIANTS:
+        raise PipelineError(
+            f"export.variants: unknown .tflite variant {variant!r}; known: {', '.join(TFLITE_VARIANTS)}"
+        )
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex / SELECT_TF_OPS
     if variant == "float16":
@@ -110,79 +116,31 @@ def float32_copy(model):
     return copy
 
 
+def export_onnx(model, path: Path) -> None:
+    """The model as ONNX with its uint8 input kept (Keras' exporter; it needs a model that has run once)."""
+    shape = [1, *model.inputs[0].shape[1:]]
+    model(np.zeros(shape, dtype=model.inputs[0].dtype))
+    with atomic_path(path) as tmp:
+        model.export(str(tmp), format="onnx", verbose=False)
+
+
 def export_all(model, variants: list[str], calibration: np.ndarray, paths: Layout) -> dict[str, Path]:
-    """Write each variant to ``paths.tflite_model(variant)``."""
+    """Write each variant to ``paths.exported_model(variant)``."""
     files = {}
     with tempfile.TemporaryDirectory(prefix="imgclf-savedmodel-") as tmp:
         saved_model = Path(tmp) / "saved_model"
-        model.export(str(saved_model), format="tf_saved_model", verbose=False)
+        if set(variants) & set(TFLITE_VARIANTS):
+            model.export(str(saved_model), format="tf_saved_model", verbose=False)
         for variant in variants:
             start = time.perf_counter()
-            path = paths.tflite_model(variant)
-            write_bytes(path, convert(saved_model, variant, calibration))
+            path = paths.exported_model(variant)
+            if variant == "onnx":
+                export_onnx(model, path)
+            else:
+                write_bytes(path, convert(saved_model, variant, calibration))
             files[variant] = path
             log.info("%s: %s in %.1f s", variant, path.name, time.perf_counter() - start)
     return files
-
-
-class TFLiteClassifier:
-    """Runs a .tflite classifier with LiteRT: uint8 images in, float probabilities out."""
-
-    def __init__(self, path: str | Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = Path(path)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        self._batch = int(self._input["shape"][0])
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self._input["shape"][1:])
-
-    def _resize(self, batch: int) -> None:
-        if batch != self._batch:
-            self.interpreter.resize_tensor_input(self._input["index"], [batch, *self.input_shape])
-            self.interpreter.allocate_tensors()
-            self._input = self.interpreter.get_input_details()[0]
-            self._output = self.interpreter.get_output_details()[0]
-            self._batch = batch
-
-    def _prepare(self, images: np.ndarray) -> np.ndarray:
-        dtype = self._input["dtype"]
-        scale, zero_point = self._input["quantization"]
-        if dtype == np.uint8 or not scale:
-            return images.astype(dtype)
-        return np.clip(np.round(images / scale + zero_point), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
-
-    def _read(self) -> np.ndarray:
-        out = self.interpreter.get_tensor(self._output["index"])
-        scale, zero_point = self._output["quantization"]
-        return (out.astype(np.float32) - zero_point) * scale if scale else out.astype(np.float32)
-
-    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            batch = np.asarray(images[start : start + batch_size])
-            self._resize(len(batch))
-            self.interpreter.set_tensor(self._input["index"], self._prepare(batch))
-            self.interpreter.invoke()
-            outputs.append(self._read())
-        return np.concatenate(outputs) if outputs else np.empty((0, self._output["shape"][-1]), np.float32)
-
-    def latency_ms(self, images: np.ndarray, runs: int = 100, warmup: int = 10) -> float:
-        """Median wall time of one batch-1 invoke, in milliseconds."""
-        self._resize(1)
-        times = []
-        for i in range(warmup + runs):
-            self.interpreter.set_tensor(self._input["index"], self._prepare(images[i % len(images)][None]))
-            start = time.perf_counter()
-            self.interpreter.invoke()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1000)
 
 
 def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.ndarray, latency_runs: int) -> dict:
@@ -190,7 +148,7 @@ def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.nd
     and the accuracy drop against Keras with its uncertainty (see :func:`imgclf.metrics.paired_comparison`)."""
     from imgclf.metrics import paired_comparison  # lazily: predict and serving need no scikit-learn
 
-    classifier = TFLiteClassifier(path)
+    classifier = load_classifier(path)
     predicted = classifier.predict(x_test).argmax(axis=1)
     drop = paired_comparison(y_test, keras_pred, predicted)
     return {
@@ -233,8 +191,9 @@ def accuracy_gate(report: dict, max_drop: float, alpha: float) -> tuple[list[str
     return failures, notes
 
 
-def model_card(preprocess_meta: dict, files: dict[str, Path]) -> dict:
-    """The label list and input contract, written beside the .tflite files for apps and ``predict``."""
+def model_card(preprocess_meta: dict, files: dict[str, Path], card_folder: Path) -> dict:
+    """The label list and input contract, written beside the .tflite files for apps, ``predict`` and the
+    service; ``variants`` gives each file relative to the card (``model_int8.tflite``, ``../onnx/model.onnx``)."""
     return {
         "labels": preprocess_meta["class_names"],
         "input": {
@@ -246,5 +205,5 @@ def model_card(preprocess_meta: dict, files: dict[str, Path]) -> dict:
             "resize": "cv2.INTER_AREA when shrinking, INTER_LINEAR when growing, to a square",
         },
         "output": "probabilities, one per label in labels.txt order; int8 variant: uint8, dequantize with the output tensor's scale and zero point",
-        "variants": {name: path.name for name, path in files.items()},
+        "variants": {name: os.path.relpath(path, card_folder) for name, path in files.items()},
     }

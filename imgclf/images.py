@@ -176,3 +176,39 @@ def resolve_inside(
     except (OSError, ValueError) as error:  # a name too long for the file system, a NUL byte...
         return None, "file_missing", f"cannot look up {name[:80]!r}: {error}"
     return None, "file_missing", f"{name!r} not found in {folder}"
+
+
+# -- the model's input: the same for preprocess, predict and the HTTP service
+COLOR_MODES = {"grayscale": 1, "rgb": 3}
+
+
+def to_color_mode(image: np.ndarray, color_mode: str) -> np.ndarray:
+    """Convert an (H,W), (H,W,1), (H,W,3) or (H,W,4) uint8 image to (H,W,C) for ``color_mode``."""
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"preprocess.color_mode must be one of {list(COLOR_MODES)}, got {color_mode!r}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    if color_mode == "grayscale":
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return image[:, :, None]
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return image
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size; INTER_AREA when shrinking (no aliasing), INTER_LINEAR when growing."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (size, size), interpolation=interpolation)
+    return resized[:, :, None] if resized.ndim == 2 else resized
+
+
+def prepare(image: np.ndarray, size: int, color_mode: str) -> np.ndarray:
+    """The model's input for one decoded image: colour mode, then a square resize."""
+    return resize(to_color_mode(image, color_mode), size)

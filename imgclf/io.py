@@ -14,10 +14,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is not needed at run time here: the HTTP service imports this module without it
+    import pandas as pd
 
 log = logging.getLogger("imgclf")
 

@@ -25,8 +25,8 @@ from imgclf.io import PipelineError
 
 # Stage name (dvc.yaml) -> its params section, where the two differ.
 STAGE_SECTIONS = {"export-tflite": "export"}
-# Sections read by a command rather than a stage (python -m imgclf.tune).
-COMMAND_SECTIONS = ("tune",)
+# Sections read by a command or the service rather than a stage (imgclf.tune, imgclf.serve).
+COMMAND_SECTIONS = ("tune", "serve")
 
 Rule = Literal["error", "warn", "off"]
 Workers = Annotated[int, Field(ge=1)] | None
@@ -34,7 +34,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Auto = Literal["auto"]
-Variant = Literal["float32", "float16", "dynamic", "int8"]
+Variant = Literal["float32", "float16", "dynamic", "int8", "onnx"]
 
 
 def Pair(item) -> Any:
@@ -254,7 +254,7 @@ class Evaluate(Section):
 
 # export-tflite
 class Export(Section):
-    variants: Annotated[list[Variant], Field(min_length=1)] = describe("TFLite variants to write")
+    variants: Annotated[list[Variant], Field(min_length=1)] = describe("TFLite variants (and onnx) to write")
     calibration_samples: PositiveInt = describe("training images drawn to calibrate int8")
     seed: int = describe("calibration sample seed")
     max_accuracy_drop: float = describe("fail when a variant's accuracy is this much below Keras'...")
@@ -264,7 +264,7 @@ class Export(Section):
 
 # predict
 class Predict(Section):
-    variant: Variant = describe("which .tflite to run (one of export.variants)")
+    variant: Variant = describe("which exported model to run (one of export.variants)")
     top_k: PositiveInt = describe("labels per image in the predictions")
     csv_column: str | None = describe("CLI: column of image names in a CSV; null = detect")
 
@@ -273,6 +273,20 @@ class Predict(Section):
 class Promote(Section):
     min_gain: Annotated[float, Field(ge=0)] = describe("champion only when accuracy beats it by more than this...")
     significance: Annotated[float, Field(gt=0)] = describe("... and McNemar's p (the gain is noise) is below this")
+
+
+# serve (the HTTP service, imgclf.serve:app; not a stage)
+class Serve(Section):
+    model: str | None = describe(
+        "a .tflite or .onnx path, or a registry URI (models:/imgclf-classifier@champion); null = models/ (IMGCLF_MODEL wins)"
+    )
+    variant: Variant = describe("the file a registry version or models/ serves (IMGCLF_VARIANT wins)")
+    top_k: PositiveInt = describe("labels per image in a prediction")
+    max_upload_mb: Annotated[float, Field(gt=0)] = describe("a request's body; larger: 413")
+    max_file_mb: Annotated[float, Field(gt=0)] = describe("one image; larger: a per-file file_size error")
+    max_files: PositiveInt = describe("images per request; more: 413")
+    max_pixels: PositiveInt = describe("width x height from the header, checked before decoding (bombs)")
+    workers: Workers = describe("model instances (one per inference thread); null = all cores")
 
 
 # tune (python -m imgclf.tune; not a stage: see imgclf/tune.py)
@@ -320,6 +334,7 @@ SCHEMA: dict[str, type[Section]] = {
     "predict": Predict,
     "promote": Promote,
     "tune": Tune,
+    "serve": Serve,
 }
 
 

@@ -158,6 +158,14 @@ class Layout:
         return self.tflite / f"model_{variant}.tflite"
 
     @property
+    def onnx_model(self) -> Path:
+        return self.root / "models" / "onnx" / "model.onnx"
+
+    def exported_model(self, variant: str) -> Path:
+        """A variant's file: ``onnx`` -> models/onnx/model.onnx, the others .tflite in models/tflite."""
+        return self.onnx_model if variant == "onnx" else self.tflite_model(variant)
+
+    @property
     def tflite_meta(self) -> Path:
         return self.tflite / "model_card.json"
 

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from imgclf.folders import NAME_COLUMNS, find_column, read_table
-from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, resolve_inside
+from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, prepare, resolve_inside
 from imgclf.ingest import read_manifest
 from imgclf.io import PipelineError
-from imgclf.preprocess import prepare
 from imgclf.shards import read_split
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Stage export-tflite: the Keras model -> verified .tflite variants, labels.txt and reports/export.json."""
+"""Stage export-tflite: the Keras model -> verified .tflite variants and ONNX, labels.txt and reports/export.json."""
 
 import logging
 
@@ -45,10 +45,12 @@ def main(params, paths):
         )
 
     write_text(paths.labels, "".join(f"{name}\n" for name in meta["class_names"]))
-    write_json(paths.tflite_meta, export.model_card(meta, files))
+    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite))
     write_json(paths.export_report, report)
     with tracking.training_run(paths):
         mlflow.log_artifacts(str(paths.tflite), "tflite")
+        if paths.onnx_model.exists():
+            mlflow.log_artifact(str(paths.onnx_model), "onnx")
         mlflow.log_artifact(str(paths.labels), "tflite")
         mlflow.log_artifact(str(paths.export_report), "tflite")
         for variant, result in report["variants"].items():

@@ -13,10 +13,10 @@ import argparse
 import logging
 import typing
 
-from imgclf.export import TFLiteClassifier
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
 from imgclf.predict import collect, predict, predict_split
+from imgclf.runtime import load_classifier
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ def main(params, paths):
     parser.add_argument("--top-k", type=int, default=int(params["top_k"]))
     args = parser.parse_args()
 
-    model_path = paths.tflite_model(args.variant)
+    model_path = paths.exported_model(args.variant)
     if not model_path.exists():
         raise PipelineError(
             f"{model_path} not found: run the export-tflite stage, with {args.variant!r} in export.variants"
         )
     card = read_json(paths.tflite_meta)
-    classifier = TFLiteClassifier(model_path)
+    classifier = load_classifier(model_path)
     if args.inputs:
         items = collect(args.inputs, args.csv_column)
         table = predict(

@@ -9,10 +9,11 @@ from imgclf import export
 from imgclf.models import build_model
 from imgclf.paths import Layout
 from imgclf.predict import collect, predict
+from imgclf.runtime import load_classifier
 from tests.conftest import shipped
 
 # Stated tolerances: max |p_tflite - p_keras| over all classes and images.
-TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "dynamic": 0.05, "int8": 0.08}
+TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "dynamic": 0.05, "int8": 0.08, "onnx": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_variant_matches_keras_on_fresh_random_inputs(small_model, exported, var
     model, _ = small_model
     fresh = np.random.default_rng(123).integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
     expected = model.predict(fresh, verbose=0)
-    got = export.TFLiteClassifier(exported[variant]).predict(fresh, batch_size=16)
+    got = load_classifier(exported[variant]).predict(fresh, batch_size=16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= TOLERANCE[variant]
 
@@ -52,8 +53,9 @@ def test_variants_are_builtin_ops_and_int8_is_small(exported):
     assert sizes["float16"] < sizes["float32"]
     classifier = export.TFLiteClassifier(exported["int8"])
     assert classifier._input["dtype"] == np.uint8 and classifier._output["dtype"] == np.uint8
-    for path in exported.values():
-        assert b"Flex" not in path.read_bytes()  # no SELECT_TF_OPS kernels
+    for variant in export.TFLITE_VARIANTS:
+        assert b"Flex" not in exported[variant].read_bytes()  # no SELECT_TF_OPS kernels
+    assert exported["onnx"].suffix == ".onnx" and load_classifier(exported["onnx"]).input_shape == (28, 28, 1)
 
 
 def test_verify_reports_accuracy_agreement_and_latency(small_model, exported):

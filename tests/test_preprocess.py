@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from imgclf.images import resize, to_color_mode
 from imgclf.io import PipelineError
-from imgclf.preprocess import assign_splits, prepare_images, resize, to_color_mode
+from imgclf.preprocess import assign_splits, prepare_images
 
 
 def test_color_modes_from_every_channel_layout():
@@ -16,7 +17,7 @@ def test_color_modes_from_every_channel_layout():
         assert to_color_mode(image, "grayscale").shape == (5, 7, 1)
         assert to_color_mode(image, "rgb").shape == (5, 7, 3)
         assert to_color_mode(image, "grayscale")[0, 0, 0] == 100
-    with pytest.raises(PipelineError, match="color_mode"):
+    with pytest.raises(ValueError, match="color_mode"):
         to_color_mode(gray, "cmyk")
 
 
