@@ -22,6 +22,10 @@ dataset:
 		echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (the service page's browser test)"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 run: setup
 	dvc repro

@@ -1,0 +1,191 @@
+"""Benchmark: the HTTP service under load, beside `mlflow models serve` on the registered Keras model.
+
+    python benchmarks/serve.py [--requests 300] [--concurrency 1 8 32] [--time-limit 60]
+
+Needs the pipeline's outputs (`dvc repro`): models/tflite/model_int8.tflite for our service, and the
+registered model's champion in mlflow.db for MLflow's. Both servers run on loopback; a bounded
+httpx client sends a fixed number of requests at each concurrency (stopping early at the time
+limit) with one image each: a 28x28 PNG (a Fashion-MNIST test image) and a 224x224 JPEG (a real
+photograph), as files. MLflow's server takes tensors, not files, so its client sends the image
+already decoded and resized to the model's input as JSON (the work our service does server-side is
+done, untimed, by the client). Prints p50 / p99 latency, requests per second and the server's CPU
+use (cores busy, from /proc) for each; writes reports/bench/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imgclf.images import decode, prepare
+from imgclf.io import write_json
+from imgclf.paths import layout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+
+
+def start(cmd: list[str], port: int, health: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"{cmd} not healthy within 300 s: {log.read_text()[-2000:]}")
+
+
+async def load(send, requests: int, concurrency: int, time_limit: float) -> dict:
+    """``requests`` calls of ``send(client)`` with at most ``concurrency`` in flight."""
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.monotonic() + time_limit
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal failures
+        while not queue.empty() and time.monotonic() < deadline:
+            queue.get_nowait()
+            started = time.perf_counter()
+            response = await send(client)
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                failures += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await send(client)  # warm-up
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {
+        "requests": len(latencies),
+        "failures": failures,
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 2),
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "wall_s": round(wall, 2),
+    }
+
+
+def images() -> dict[str, bytes]:
+    """A 28x28 PNG (a Fashion-MNIST test image) and a 224x224 JPEG (a real photograph)."""
+    from skimage import data
+
+    from imgclf.shards import read_split
+
+    x, _ = read_split(layout(ROOT), "test")
+    small = cv2.imencode(".png", np.asarray(x[0]))[1].tobytes()
+    photo = cv2.cvtColor(cv2.resize(data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    return {
+        "28x28 png": small,
+        "224x224 jpeg": cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--time-limit", type=float, default=60.0, help="per measurement, seconds")
+    parser.add_argument("--model-uri", default="models:/imgclf-classifier@champion", help="for mlflow models serve")
+    parser.add_argument("--skip-mlflow", action="store_true")
+    args = parser.parse_args()
+
+    paths = layout(ROOT)
+    card = json.loads(paths.tflite_meta.read_text())
+    size, mode = card["input"]["image_size"], card["input"]["color_mode"]
+    files = images()
+    logs = Path(tempfile.mkdtemp(prefix="imgclf-bench-serve-"))
+    servers = {}
+    port = free_port()
+    servers["imgclf.serve (int8 .tflite)"] = (
+        start([sys.executable, "-m", "imgclf.serve", "--port", str(port)], port, "/health", logs / "imgclf.log"),
+        port,
+    )
+    if not args.skip_mlflow:
+        mlflow_port = free_port()
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{ROOT / 'mlflow.db'}"}
+        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri, "--env-manager", "local"]
+        cmd += ["--host", "127.0.0.1", "-p", str(mlflow_port), "-w", "1"]
+        servers["mlflow models serve (Keras)"] = (
+            start(cmd, mlflow_port, "/ping", logs / "mlflow.log", env),
+            mlflow_port,
+        )
+
+    results = []
+    try:
+        for server, (process, port) in servers.items():
+            for image_name, data in files.items():
+                if server.startswith("mlflow"):
+                    tensor = prepare(decode(data), size, mode)[None].tolist()
+                    body = json.dumps({"inputs": tensor}).encode()
+
+                    def send(client, body=body, port=port):
+                        headers = {"content-type": "application/json"}
+                        return client.post(f"http://127.0.0.1:{port}/invocations", content=body, headers=headers)
+                else:
+
+                    def send(client, data=data, port=port):
+                        return client.post(f"http://127.0.0.1:{port}/v1/predict", files=[("file", ("x", data))])
+
+                for concurrency in args.concurrency:
+                    cpu_before, wall_before = cpu_seconds(process.pid), time.perf_counter()
+                    figures = asyncio.run(load(send, args.requests, concurrency, args.time_limit))
+                    busy = (cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - wall_before)
+                    row = {"server": server, "image": image_name, "concurrency": concurrency, **figures}
+                    row["server_cpu_cores"] = round(busy, 2)
+                    results.append(row)
+                    print(
+                        f"{server:30s} {image_name:13s} c={concurrency:<3d} p50 {row['p50_ms']:8.2f} ms  "
+                        f"p99 {row['p99_ms']:8.2f} ms  {row['requests_per_s']:7.1f} req/s  "
+                        f"CPU {row['server_cpu_cores']:.2f} cores  ({row['requests']} ok, {row['failures']} failed)",
+                        flush=True,
+                    )
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    write_json(ROOT / "reports" / "bench" / "serve.json", {"cores": os.cpu_count(), "results": results})
+
+
+if __name__ == "__main__":
+    main()
