@@ -45,10 +45,23 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children so far (Linux /proc)."""
+    """User + system CPU time so far of a process and all its live descendants (Linux /proc):
+    `mlflow models serve` runs its server in a child process."""
     ticks = os.sysconf("SC_CLK_TCK")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    tree, total = [pid], 0.0
+    while tree:
+        current = tree.pop()
+        total += stats.get(current, (0, 0.0))[1]
+        tree += [child for child, (parent, _) in stats.items() if parent == current]
+    return total
 
 
 def start(cmd: list[str], port: int, health: str, log: Path, env: dict | None = None) -> subprocess.Popen:

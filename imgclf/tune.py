@@ -211,6 +211,25 @@ def open_study(url: str, tune: dict) -> optuna.Study:
     )
 
 
+def enqueue_current(study: optuna.Study, train: dict, space: dict) -> None:
+    """A new study's first trial is params.yaml as it is, so the search shows what it beats."""
+    current = {key: _get(train, key) for key in space}
+    outside = [
+        key
+        for key, spec in space.items()
+        if (
+            current[key] not in spec["choices"]
+            if "choices" in spec
+            else not spec["low"] <= current[key] <= spec["high"]
+        )
+    ]
+    if outside:
+        log.info("params.yaml's %s outside tune.space: the first trial is not the current params", ", ".join(outside))
+        return
+    study.enqueue_trial(current)
+    log.info("trial 0 is params.yaml as it is")
+
+
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
@@ -351,6 +370,8 @@ def search(paths: Layout, train: dict, tune: dict, queue: bool = False) -> dict:
     check_space(train, tune["space"])
     url = storage_url(paths, tune["storage"])
     study = open_study(url, tune)
+    if not study.trials:
+        enqueue_current(study, train, tune["space"])
     remaining = tune["trials"] - len(finished(study))
     data = search_data(paths, train, tune)
     log.info(

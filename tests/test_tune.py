@@ -76,6 +76,8 @@ def test_a_three_trial_search_gives_a_parent_run_three_child_runs_and_the_best_p
     assert len(table) == 3 and set(table["state"]) <= {"COMPLETE", "PRUNED"}
     assert best["trials"]["complete"] + best["trials"]["pruned"] == 3
     assert set(best["params"]) == set(shipped("tune")["space"])
+    first = table.loc[0, [f"params_{key}" for key in best["params"]]]  # trial 0: params.yaml as it is
+    assert list(first) == pytest.approx([tune._get(shipped("train"), key) for key in best["params"]])
     winner = table.loc[table["value"].idxmax()]
     assert best["best_trial"] == winner["number"] and best["best_value"] == pytest.approx(winner["value"])
     assert best["command"].startswith("dvc exp run -S ") and best["command"] in result.stdout
