@@ -21,6 +21,7 @@ one batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -39,11 +40,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from imgclf.images import ImageError, decode, prepare, read_header
+from imgclf.images import COLOR_MODES, ImageError, decode, prepare, read_header
 from imgclf.runtime import load_classifier
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
+VARIANTS = ("float32", "float16", "dynamic", "int8", "onnx")  # as imgclf.export (which needs TensorFlow)
 PAGE = Path(__file__).with_name("static") / "index.html"
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 
@@ -168,29 +170,56 @@ def _registry_files(uri: str, variant: str) -> tuple[Path, Path, dict, str | Non
     return model, card, metrics, version, run_id, folder
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    spec = settings.model or ""
-    cleanup = version = run_id = None
-    if spec.startswith(REGISTRY_SCHEMES):
-        model, card, metrics, version, run_id, cleanup = _registry_files(spec, settings.variant)
-    else:
-        model, card, metrics = _local_files(settings)
-    card_data = _read_json(card)
-    workers = settings.workers or os.cpu_count() or 1
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool: queue.Queue = queue.Queue()
+def _card(path: Path) -> tuple[list[str], int, str]:
+    """Labels, image size and colour mode from a model card, or a ModelError saying what is wrong."""
     try:
-        for _ in range(workers):
-            pool.put(load_classifier(model, num_threads=threads))
-    except (ValueError, RuntimeError) as error:
-        raise ModelError(f"{model}: cannot load: {error}") from None
+        card = _read_json(path)
+        labels, size, mode = list(card["labels"]), int(card["input"]["image_size"]), str(card["input"]["color_mode"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"{path}: not a model card export-tflite wrote ({type(error).__name__}: {error})") from None
+    if mode not in COLOR_MODES or not labels:
+        raise ModelError(f"{path}: color_mode {mode!r} / {len(labels)} labels: not a model card export-tflite wrote")
+    return labels, size, mode
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """The model instances, its card checked against the model itself (a mismatch would fail every request)."""
+    spec = settings.model or ""
+    if settings.variant not in VARIANTS:
+        raise ModelError(
+            f"variant {settings.variant!r} (IMGCLF_VARIANT or serve.variant) is not one of {', '.join(VARIANTS)}"
+        )
+    cleanup = version = run_id = None
+    try:
+        if spec.startswith(REGISTRY_SCHEMES):
+            model, card, metrics, version, run_id, cleanup = _registry_files(spec, settings.variant)
+        else:
+            model, card, metrics = _local_files(settings)
+        labels, size, mode = _card(card)
+        workers = settings.workers or os.cpu_count() or 1
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool: queue.Queue = queue.Queue()
+        try:
+            for _ in range(workers):
+                pool.put(load_classifier(model, num_threads=threads))
+            probe = pool.queue[0].predict(np.zeros((1, size, size, COLOR_MODES[mode]), np.uint8))
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(
+                f"{model}: cannot load or run it with {card.name}'s {size}px {mode} input: {error}"
+            ) from None
+        if probe.shape[-1] != len(labels):
+            raise ModelError(f"{model} has {probe.shape[-1]} outputs but {card} lists {len(labels)} labels")
+    except ModelError:
+        if cleanup:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        raise
     variant = "onnx" if model.suffix == ".onnx" else model.stem.removeprefix("model_")
     log.info("serving %s (%s, %d instance(s) x %d thread(s))", spec or model, variant, workers, threads)
     return LoadedModel(
         pool=pool,
-        labels=list(card_data["labels"]),
-        image_size=int(card_data["input"]["image_size"]),
-        color_mode=str(card_data["input"]["color_mode"]),
+        labels=labels,
+        image_size=size,
+        color_mode=mode,
         variant=variant,
         source=spec or str(model),
         version=version,
@@ -223,6 +252,28 @@ def model_input(data: bytes, model: LoadedModel, settings: Settings) -> tuple[np
     return prepare(image, model.image_size, model.color_mode), None
 
 
+def classify(files: list[tuple[str, bytes | None]], model: LoadedModel, settings: Settings) -> list[dict]:
+    """``(name, bytes)`` uploads -> one result each, in order: the top-k, or the reason there is none.
+    The usable images go to the model as one batch."""
+    results, inputs, positions = [], [], []
+    for name, data in files:
+        if data is None:
+            tensor, error = None, "readable: the file field holds text, not a file"
+        else:
+            tensor, error = model_input(data, model, settings)
+        if error:
+            results.append({"file": name, "error": error})
+        else:
+            positions.append(len(results))
+            inputs.append(tensor)
+            results.append({"file": name})
+    if inputs:
+        for position, p in zip(positions, model.predict(np.stack(inputs)), strict=True):
+            top = _top_k(p, model.labels, settings.top_k)
+            results[position] |= {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    return results
+
+
 def _top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict]:
     best = np.argsort(-probabilities, kind="stable")[: min(k, len(labels))]
     return [{"label": labels[i], "probability": round(float(probabilities[i]), 6)} for i in best]
@@ -241,10 +292,13 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.settings = settings or Settings.load()
+        from imgclf.io import PipelineError  # a bad params.yaml serve section
+
         try:
+            app.state.settings = settings or Settings.load()
             app.state.model = model or await run_in_threadpool(load_model, app.state.settings)
-        except ModelError as error:
+            app.state.busy = asyncio.Semaphore(app.state.model.pool.qsize())
+        except (ModelError, PipelineError) as error:
             log.error("imgclf.serve: %s", error)  # the one line; uvicorn then says "Application startup failed"
             raise ModelError(f"imgclf.serve: {error}") from None
         yield
@@ -311,7 +365,7 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
         settings: Settings = app.state.settings
         if model is None:
             return _problem(503, "no model loaded yet")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return _problem(415, "send the images as multipart/form-data, one 'file' field each")
         limit = int(settings.max_upload_mb * MB)
         declared = request.headers.get("content-length", "")
@@ -326,34 +380,31 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
         try:
             form = await request.form(max_files=settings.max_files, max_fields=settings.max_files + 100)
         except HTTPException as error:
-            too_many = "Too many" in str(error.detail)
-            status = 413 if too_many else 400
-            detail = f"more than {settings.max_files} files in one request" if too_many else f"bad form: {error.detail}"
-            return _problem(status, detail)
+            text = str(error.detail)
+            if "Too many files" in text:
+                return _problem(413, f"more than {settings.max_files} files in one request")
+            if "Too many fields" in text:
+                return _problem(413, f"more than {settings.max_files + 100} form fields in one request")
+            return _problem(400, f"bad form: {text}")
         try:
             uploads = [value for key, value in form.multi_items() if key == "file"]
             if not uploads:
                 return _problem(422, "no 'file' field in the form: send each image as a field named file")
-            results, inputs, positions = [], [], []
+            files = []
             for upload in uploads:
                 if isinstance(upload, UploadFile):
                     name = PurePath((upload.filename or "").replace("\\", "/")).name or "(unnamed)"
-                    tensor, error = model_input(await upload.read(), model, settings)
+                    files.append((name, await upload.read()))
                 else:
-                    name, tensor, error = "(text field)", None, "readable: the file field holds text, not a file"
-                if error:
-                    file_errors.labels(error.split(":", 1)[0]).inc()
-                    results.append({"file": name, "error": error})
-                else:
-                    positions.append(len(results))
-                    inputs.append(tensor)
-                    results.append({"file": name})
-            if inputs:
-                probabilities = await run_in_threadpool(model.predict, np.stack(inputs))
-                images.inc(len(inputs))
-                for position, p in zip(positions, probabilities, strict=True):
-                    top = _top_k(p, model.labels, settings.top_k)
-                    results[position] |= {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+                    files.append(("(text field)", None))
+            # decoding and the model run in worker threads, at most `workers` requests at a time: the
+            # event loop keeps answering (/health too), and memory stays bounded by a few decodes
+            async with app.state.busy:
+                results = await run_in_threadpool(classify, files, model, settings)
+            for result in results:
+                if "error" in result:
+                    file_errors.labels(result["error"].split(":", 1)[0]).inc()
+            images.inc(sum("label" in result for result in results))
             return {"predictions": results}
         finally:
             await form.close()
@@ -385,10 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    settings = Settings.load()
+    from imgclf.io import PipelineError
+
     try:
+        settings = Settings.load()
         loaded = load_model(settings)
-    except ModelError as error:
+    except (ModelError, PipelineError) as error:
         print(f"imgclf.serve: error: {error}", file=sys.stderr)
         return 1
     uvicorn.run(create_app(settings, loaded), host=args.host, port=args.port)

@@ -131,15 +131,19 @@ def overrides(train: dict, keys) -> list[str]:
         for part in parts[1:]:
             value = value[part]
         result[".".join(parts)] = value
-    return [f"{key}={_short(value)}" for key, value in result.items()]
+    return [f"{key}={_exact(value)}" for key, value in result.items()]
+
+
+def _exact(value) -> str:
+    """A value as a -S override that sets exactly it (floats in their shortest round-trip form)."""
+    if isinstance(value, list):
+        return "[" + ",".join(_exact(item) for item in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, float) else str(value)
 
 
 def _short(value) -> str:
-    if isinstance(value, list):
-        return "[" + ",".join(_short(item) for item in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A value for the log (floats to 4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -323,7 +327,7 @@ def best_params_report(study: optuna.Study, train: dict, tune: dict, url: str) -
     }
 
 
-def plots(study: optuna.Study, folder: Path, target: str) -> list[Path]:
+def plots(study: optuna.Study, folder: Path, target: str, seed: int) -> list[Path]:
     """Optuna's own optimization-history and parameter-importance plots, as PNG (matplotlib backend)."""
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
@@ -340,7 +344,11 @@ def plots(study: optuna.Study, folder: Path, target: str) -> list[Path]:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            axes = plot(study, target_name=target)
+            if name == "param_importances.png":  # fANOVA's forest is random: seeded, the figure repeats
+                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+                axes = plot(study, evaluator=evaluator, target_name=target)
+            else:
+                axes = plot(study, target_name=target)
         figure = axes.figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
@@ -359,7 +367,7 @@ def write_reports(study: optuna.Study, paths: Layout, train: dict, tune: dict, u
     write_csv(paths.tune_trials, table)
     report = best_params_report(study, train, tune, url)
     write_json(paths.tune_best, report)
-    plots(study, folder, f"best {tune['metric']} of a trial")
+    plots(study, folder, f"best {tune['metric']} of a trial", int(tune["seed"]))
     return report
 
 
@@ -403,8 +411,13 @@ def search(paths: Layout, train: dict, tune: dict, queue: bool = False) -> dict:
             mlflow.set_tag("best_command", report["command"])
         mlflow.log_artifacts(str(paths.tune_reports), "tune")
     if queue and report.get("command"):
-        queued = subprocess.run([*shlex.split(report["command"])[:3], "--queue", *shlex.split(report["command"])[3:]],
-                                cwd=paths.root, capture_output=True, text=True)  # fmt: skip
+        command = shlex.split(report["command"])
+        try:
+            queued = subprocess.run(
+                [*command[:3], "--queue", *command[3:]], cwd=paths.root, capture_output=True, text=True
+            )
+        except FileNotFoundError:
+            raise PipelineError("--queue needs dvc on the PATH (source .venv/bin/activate)") from None
         if queued.returncode != 0:
             raise PipelineError(f"dvc exp run --queue failed: {(queued.stderr or queued.stdout).strip()}")
         report["queued"] = True

@@ -191,6 +191,44 @@ def test_a_model_that_cannot_be_found_stops_the_start_with_one_line(tmp_path):
             pass
 
 
+def test_settings_come_from_params_yaml_then_the_environment(tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMGCLF_VARIANT", "onnx")
+    monkeypatch.delenv("IMGCLF_MODEL", raising=False)
+    settings = Settings.load()
+    assert settings.variant == "onnx" and settings.max_files == 64 and settings.model is None
+    (tmp_path / "params.yaml").write_text(
+        (tmp_path / "params.yaml").read_text().replace("max_files: 64", "max_files: -1")
+    )
+    from imgclf.io import PipelineError
+
+    with pytest.raises(PipelineError, match=r"serve\.max_files = -1"):
+        Settings.load()
+
+
+def test_a_model_card_that_does_not_fit_the_model_stops_the_start(model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "models" / "tflite"
+    folder.mkdir(parents=True)
+    shutil.copy(model_dir / "models/tflite/model_int8.tflite", folder)
+    card = json.loads((model_dir / "models/tflite/model_card.json").read_text())
+    for change, message in (
+        (lambda c: c.update(labels=["a", "b", "c"]), "has 10 outputs but .* lists 3 labels"),
+        (lambda c: c["input"].update(image_size=64), "cannot load or run it with model_card.json's 64px"),
+        (lambda c: c.pop("input"), "not a model card export-tflite wrote"),
+    ):
+        broken = json.loads(json.dumps(card))
+        change(broken)
+        (folder / "model_card.json").write_text(json.dumps(broken))
+        with pytest.raises(ModelError, match=message):
+            with TestClient(create_app(Settings(model=str(folder / "model_int8.tflite")))):
+                pass
+
+
 @needs_pipeline
 def test_a_served_prediction_equals_the_predict_stages_for_the_same_file(client, model_dir, pngs, tmp_path):
     from imgclf.predict import Item, predict
@@ -324,8 +362,8 @@ def test_the_service_runs_from_requirements_serve_alone(model_dir, tmp_path):
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "-r", str(root / "requirements-serve.txt"), "pytest==9.2.0", "httpx==0.28.1"], check=True)
-    missing = subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True)
-    assert missing.returncode != 0  # the slim set really has no TensorFlow
+    for heavy in ("tensorflow", "pandas", "mlflow", "sklearn"):  # the slim set really has none of them
+        assert subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
     env = {**os.environ, "PYTHONPATH": str(root), "IMGCLF_TEST_MODEL_DIR": str(model_dir)}
     result = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "-m", "not needs_pipeline",
