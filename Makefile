@@ -6,8 +6,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset run test tune lint bench bench-quick clean
-setup: $(VENV)/.installed dataset
+.PHONY: setup dataset team-tools run test tune tracking-server push lint bench bench-quick clean
+setup: $(VENV)/.installed dataset team-tools
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,19 @@ dataset:
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 
+# PostgreSQL (the shared tracking server's and the shared search's database) and an SSH server (the
+# tests' loopback SSH remote), when we can install them; README: Working as a team.
+team-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql"; \
+		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@if [ ! -x /usr/sbin/sshd ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing openssh-server"; \
+		apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null; \
+	fi
+
 run: setup
 	dvc repro
 
@@ -32,6 +45,14 @@ test: setup
 # Optuna search over params.yaml's tune section (after `dvc repro augment`); README: Hyperparameter search
 tune: setup
 	python -m imgclf.tune
+
+# PostgreSQL + mlflow server for a team (Ctrl-C stops both); README: Working as a team
+tracking-server: setup
+	python -m imgclf.server
+
+# dvc push with the run cache and its outputs, so colleagues restore runs instead of redoing them
+push: setup
+	python -m imgclf.remote push
 
 bench: setup
 	python benchmarks/run.py
