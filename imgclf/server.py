@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping", flush=True)
         return 0
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C (or `timeout`'s second TERM) waits
+            signal.signal(signum, signal.SIG_IGN)
         server.stop()
 
 
