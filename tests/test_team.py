@@ -29,7 +29,6 @@ from imgclf.server import free_port
 from tests.conftest import set_params
 from tests.pipeline_copy import new_repository
 
-pytestmark = pytest.mark.slow
 LEARNING_RATE = "0.002"  # the experiment: the committed params have train.learning_rate 0.003
 
 
@@ -153,6 +152,7 @@ def clone(team, name: str, rev: str | None = None) -> Path:
 # -- 1. the shared tracking server -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_stage_logs_to_the_tracking_server_run_metrics_figures_model_and_registry(trained):
     import mlflow
     import requests
@@ -186,6 +186,7 @@ def test_every_stage_logs_to_the_tracking_server_run_metrics_figures_model_and_r
     assert not (root / "mlflow.db").exists() and not (root / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_a_stage_fails_fast_in_one_line_when_the_tracking_server_is_down(team):
     root = team.root
     before = {folder: tree(root / folder) for folder in ("models", "reports")}
@@ -207,6 +208,7 @@ def test_a_stage_fails_fast_in_one_line_when_the_tracking_server_is_down(team):
 # -- 2. a DVC remote and its run cache -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_pulls_from_the_remote_and_reproduces_nothing(trained):
     colleague = clone(trained, "fresh-clone")
     sh(["dvc", "pull"], colleague)
@@ -216,6 +218,7 @@ def test_a_fresh_clone_pulls_from_the_remote_and_reproduces_nothing(trained):
     assert (colleague / "models" / "model.keras").read_bytes() == (trained.root / "models" / "model.keras").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_colleague_gets_an_experiment_already_run_from_the_run_cache_without_training(trained):
     from mlflow.tracking import MlflowClient
 
@@ -288,6 +291,7 @@ def sshd(tmp_path):
         stop_process_group(process, timeout_s=10)
 
 
+@pytest.mark.slow
 def test_an_ssh_remote_on_loopback_pushes_and_a_clone_pulls(trained, sshd, tmp_path):
     port, user, key = sshd
     storage = tmp_path / "ssh-remote"
@@ -310,6 +314,7 @@ def test_an_ssh_remote_on_loopback_pushes_and_a_clone_pulls(trained, sshd, tmp_p
 # -- 4. two search processes on one study ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_search_processes_share_one_study_in_postgresql_and_one_parent_run(team):
     import optuna
     from mlflow.tracking import MlflowClient
@@ -353,3 +358,43 @@ def test_two_search_processes_share_one_study_in_postgresql_and_one_parent_run(t
     assert len(children) == len(trials)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(int(r.data.tags["tune_trial"]) for r in children) == numbers
+
+
+# -- quick checks, no servers ----------------------------------------------------------------------
+
+
+def test_a_closed_tracking_port_is_one_line_within_seconds_and_a_local_store_is_not_checked(monkeypatch, tmp_path):
+    from imgclf import tracking
+    from imgclf.io import PipelineError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"is not reachable .*make tracking-server"):
+        tracking.check_store(tmp_path)
+    assert time.monotonic() - started < tracking.REACHABLE_TIMEOUT_S + 1
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.check_store(tmp_path).startswith("sqlite:///")
+
+
+def test_joining_a_sqlite_study_is_locked_and_each_process_gets_its_own_sampler_seed(tmp_path, caplog):
+    from imgclf import tune
+    from imgclf.io import PipelineError
+    from tests.conftest import shipped
+
+    caplog.set_level("INFO", logger="imgclf.tune")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = shipped("tune", study_name="locked", seed=7)
+    with tune.study_lock(url, "locked"):
+        first = tune.open_study(url, settings)
+        other = subprocess.run(  # another process cannot join meanwhile: it gives up after its timeout
+            [sys.executable, "-c", f"from imgclf import tune\nwith tune.study_lock({url!r}, 'locked', timeout_s=1): pass"],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(tune.__file__).parents[1])},
+        )  # fmt: skip
+    assert other.returncode != 0 and PipelineError.__name__ in other.stderr and "held for 1 s" in other.stderr
+    with tune.study_lock(url, "locked"):  # released: the next process joins
+        second = tune.open_study(url, settings)
+    assert second.user_attrs["processes_joined"] == 2
+    assert first.study_name == second.study_name
+    seeds = [r.getMessage().split("sampler seed ")[1] for r in caplog.records if "sampler seed" in r.getMessage()]
+    assert seeds == ["7)", "8)"]
