@@ -367,6 +367,7 @@ def test_a_closed_tracking_port_is_one_line_within_seconds_and_a_local_store_is_
     from imgclf import tracking
     from imgclf.io import PipelineError
 
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # check_store sets MLflow's retry variables
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
     with pytest.raises(PipelineError, match=r"is not reachable .*make tracking-server"):
