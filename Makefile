@@ -6,8 +6,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset run test tune serve lint bench bench-quick clean
-setup: $(VENV)/.installed dataset
+.PHONY: setup dataset team-tools run test tune serve tracking-server push lint bench bench-quick clean
+setup: $(VENV)/.installed dataset team-tools
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,19 @@ dataset:
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# PostgreSQL (the shared tracking server's and the shared search's database) and an SSH server (the
+# tests' loopback SSH remote), when we can install them; README: Working as a team.
+team-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql"; \
+		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@if [ ! -x /usr/sbin/sshd ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing openssh-server"; \
+		apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null; \
+	fi
+
 run: setup
 	dvc repro
 
@@ -40,6 +53,14 @@ tune: setup
 # The HTTP service on 127.0.0.1:8000 (README: Serving); IMGCLF_MODEL=models:/imgclf-classifier@champion to serve the champion
 serve: setup
 	python -m imgclf.serve
+
+# PostgreSQL + mlflow server for a team (Ctrl-C stops both); README: Working as a team
+tracking-server: setup
+	python -m imgclf.server
+
+# dvc push with the run cache and its outputs, so colleagues restore runs instead of redoing them
+push: setup
+	python -m imgclf.remote push
 
 bench: setup
 	python benchmarks/run.py

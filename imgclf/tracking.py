@@ -40,9 +40,42 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(root) / 'mlflow.db'}"
 
 
+# MLflow retries a failed request 7 times with exponential backoff (minutes) by default: a stage
+# against a server that is down would hang that long. Ours, unless the user sets them.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+REACHABLE_TIMEOUT_S = 5.0
+
+
+def check_store(root: Path) -> str:
+    """Fail fast, in one line, when the tracking store is a server that does not answer; return its URI.
+
+    Stages call it before they read or write anything, so a server that is down costs seconds and
+    leaves no half-written outputs. A local store needs no check."""
+    uri = tracking_uri(root)
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABLE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered (a proxy in front may not know /health): reachable
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise PipelineError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable ({reason}): "
+            "start it (`make tracking-server`) or unset MLFLOW_TRACKING_URI to log to the local mlflow.db"
+        ) from None
+    return uri
+
+
 def configure(root: Path, experiment_name: str) -> str:
     """Point MLflow at our store and experiment (created as a model-training one); return its id."""
-    uri = tracking_uri(root)
+    uri = check_store(root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name)
@@ -167,7 +200,7 @@ def resumable_run(
 def training_run(paths: Layout) -> Iterator[mlflow.ActiveRun]:
     """Reopen the training's run (from ``models/run.json``) so evaluate and export log into it."""
     info = read_json(require(paths.run_info, "train"))
-    mlflow.set_tracking_uri(tracking_uri(paths.root))
+    mlflow.set_tracking_uri(check_store(paths.root))
     try:
         MlflowClient().get_run(info["run_id"])
     except mlflow.exceptions.MlflowException as error:

@@ -17,8 +17,12 @@ them, and the optimization-history and parameter-importance plots.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import logging
+import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +48,8 @@ from imgclf.plan import plan_training
 matplotlib.use("Agg")
 log = logging.getLogger(__name__)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+JOINED_ATTR = "processes_joined"
+LOCK_TIMEOUT_S = 120
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -185,9 +191,71 @@ def shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@contextlib.contextmanager
+def study_lock(url: str, study_name: str, timeout_s: float = LOCK_TIMEOUT_S):
+    """Hold a lock on the study across processes and machines while one joins it: two searches
+    started at the same moment would otherwise both see a study without a parent run and both
+    create one. PostgreSQL: an advisory lock (released by the server if the process dies);
+    MySQL: GET_LOCK; sqlite: an flock on a file beside the database."""
+    from sqlalchemy import create_engine, exc, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    parsed = make_url(url)
+    backend, key = parsed.get_backend_name(), f"imgclf.tune:{study_name}"
+    if backend in ("postgresql", "mysql"):
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                if backend == "postgresql":
+                    number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+                    connection.execute(text(f"SET lock_timeout = '{int(timeout_s)}s'"))
+                    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": number})
+                    release = text("SELECT pg_advisory_unlock(:key)"), {"key": number}
+                else:
+                    got = connection.execute(text("SELECT GET_LOCK(:key, :t)"), {"key": key, "t": int(timeout_s)})
+                    if got.scalar() != 1:
+                        raise PipelineError(f"study {study_name!r}: another search held its lock for {timeout_s:.0f} s")
+                    release = text("SELECT RELEASE_LOCK(:key)"), {"key": key}
+                try:
+                    yield
+                finally:
+                    connection.execute(*release)
+        except exc.OperationalError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            raise PipelineError(f"Optuna storage {shown_url(url)}: {reason}") from None
+        finally:
+            engine.dispose()
+    elif backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        import fcntl
+
+        lock_file = Path(parsed.database).with_name(Path(parsed.database).name + ".lock")
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with lock_file.open("a") as handle:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise PipelineError(f"study {study_name!r}: {lock_file} held for {timeout_s:.0f} s") from None
+                    time.sleep(0.1)  # polling the lock with a deadline
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        log.warning("no cross-process lock for %s storage: start one search process at a time", backend)
+        yield
+
+
 def open_study(url: str, tune: dict) -> optuna.Study:
-    """Create the study or join it. The sampler's seed moves on with the trials already in it, so a
-    second run (or process) does not draw the first one's random start-up points again."""
+    """Create the study or join it (call it under :func:`study_lock`). Each process that joins takes
+    the next number of the study's ``processes_joined`` counter and seeds its sampler with
+    ``tune.seed`` plus that number: a later run of the search, or a second process started at the
+    same moment, does not draw the first one's random start-up points again. (A study made before
+    the counter starts it at its number of trials, the seed it had.)"""
     with warnings.catch_warnings():  # heartbeats are "experimental": they mark a killed process's trial failed
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
@@ -201,18 +269,17 @@ def open_study(url: str, tune: dict) -> optuna.Study:
             f"study {tune['study_name']!r} in {shown_url(url)} was created to {existing.direction.name.lower()} "
             f"its objective, and tune.metric {tune['metric']} must be {direction}d: choose another tune.study_name"
         )
-    seed = int(tune["seed"]) + (len(existing.trials) if existing else 0)
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=tune["pruner"]["startup_trials"], n_warmup_steps=tune["pruner"]["warmup_epochs"]
     )
-    return optuna.create_study(
-        study_name=tune["study_name"],
-        storage=storage,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=pruner,
-        load_if_exists=True,
+    study = optuna.create_study(
+        study_name=tune["study_name"], storage=storage, direction=direction, pruner=pruner, load_if_exists=True
     )
+    joined = int(study.user_attrs.get(JOINED_ATTR, len(existing.trials) if existing else 0))
+    study.set_user_attr(JOINED_ATTR, joined + 1)
+    study.sampler = optuna.samplers.TPESampler(seed=int(tune["seed"]) + joined)
+    log.info("joined study %r as its process %d (sampler seed %d)", study.study_name, joined + 1, tune["seed"] + joined)
+    return study
 
 
 def enqueue_current(study: optuna.Study, train: dict, space: dict) -> None:
@@ -239,7 +306,8 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def parent_run(study: optuna.Study, paths: Layout, train: dict, tune: dict, data_hash: str, url: str) -> str:
-    """The study's MLflow parent run: the one its user attributes name, or a new one."""
+    """The study's MLflow parent run: the one its user attributes name, or a new one (call it under
+    :func:`study_lock`, so that processes joining at once share one)."""
     client = mlflow.MlflowClient()
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
@@ -268,7 +336,9 @@ def objective_for(study: optuna.Study, data: training.TrainData, train: dict, tu
         params = with_values(train, suggest(trial, tune["space"]))
         params["epochs"], params["early_stopping_patience"] = int(tune["epochs"]), 0  # the pruner stops early
         name = f"{study.study_name} trial {trial.number}"
-        tags = {"tune_study": study.study_name, "tune_trial": str(trial.number)}
+        worker = f"{socket.gethostname()}:{os.getpid()}"  # which search process ran it
+        trial.set_user_attr("worker", worker)
+        tags = {"tune_study": study.study_name, "tune_trial": str(trial.number), "tune_worker": worker}
         with mlflow.start_run(run_name=name, nested=True, tags=tags, log_system_metrics=False):
             mlflow.log_params(trial.params)
             keras.backend.clear_session(free_memory=True)
@@ -377,21 +447,24 @@ def write_reports(study: optuna.Study, paths: Layout, train: dict, tune: dict, u
 def search(paths: Layout, train: dict, tune: dict, queue: bool = False) -> dict:
     check_space(train, tune["space"])
     url = storage_url(paths, tune["storage"])
-    study = open_study(url, tune)
-    if not study.trials:
-        enqueue_current(study, train, tune["space"])
-    remaining = tune["trials"] - len(finished(study))
     data = search_data(paths, train, tune)
+    training.set_precision(train["mixed_precision"])
+    tracking.configure(paths.root, train["experiment_name"])
+    with study_lock(url, tune["study_name"]):
+        study = open_study(url, tune)
+        if not study.trials:  # under the lock: two processes starting a study enqueue it once
+            enqueue_current(study, train, tune["space"])
+        parent = parent_run(study, paths, train, tune, training.data_hash(data), url)
+    remaining = tune["trials"] - len(finished(study))
     log.info(
         "study %r in %s: %d of %d trials done; %d training / %d validation images, %d epochs a trial",
         study.study_name, shown_url(url), len(finished(study)), tune["trials"],
         len(data.y_train), len(data.y_val), tune["epochs"],
     )  # fmt: skip
-    training.set_precision(train["mixed_precision"])
-    tracking.configure(paths.root, train["experiment_name"])
-    parent = parent_run(study, paths, train, tune, training.data_hash(data), url)
     if remaining > 0:
-        budget = optuna.study.MaxTrialsCallback(tune["trials"], states=FINISHED)
+        # Checked after each of this process's trials, counting every process's trials, those still
+        # running included: the study ends at its budget, or one over when two processes check at once.
+        budget = optuna.study.MaxTrialsCallback(tune["trials"], states=None)
         timeout = tune["timeout_min"] * 60 if tune["timeout_min"] else None
         with mlflow.start_run(run_id=parent):
             tracking.log_splits(paths, {"train": (data.x_train, data.y_train, "training"),

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def main(params, paths):
+    tracking.check_store(paths.root)  # a tracking server that is down fails here, before any write
     model = load_trained(paths)
     x, y = read_split(paths, "test", empty="nothing to evaluate")
     class_names = read_json(paths.preprocessed_meta)["class_names"]

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def main(params, paths):
+    tracking.check_store(paths.root)  # a tracking server that is down fails here, before any write
     model = load_trained(paths)
     meta = read_json(paths.preprocessed_meta)
     x_test, y_test = read_split(paths, "test", empty="nothing to verify the exported models on")

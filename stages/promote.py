@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def main(params, paths):
+    tracking.check_store(paths.root)  # a tracking server that is down fails here, before any write
     registered = read_json(require(paths.run_info, "train"))["registered_model"]
     require(paths.export_report, "export-tflite")
     if not registered:

@@ -37,6 +37,7 @@ def log_plan(plan: TrainingPlan) -> None:
 
 
 def main(params, paths):
+    tracking.check_store(paths.root)  # a tracking server that is down fails here, before any write
     training.seed_everything(int(params["seed"]))
     data = training.load_train_data(paths, params["use_augmented"])
     log.info("training on %d images (%s), validating on %d", len(data.x_train), data.x_train.shape[1:], len(data.x_val))

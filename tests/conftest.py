@@ -168,3 +168,20 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {
         str(path.relative_to(folder)): path.read_bytes() for path in sorted(Path(folder).rglob("*")) if path.is_file()
     }
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in ``os.environ`` (MLflow 3), which the
+    subprocesses of every later test (``dvc repro``, the stages, the search) would inherit, logging to
+    another test's store or to a server that is gone: put both back after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
