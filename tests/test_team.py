@@ -345,8 +345,10 @@ def test_two_search_processes_share_one_study_in_postgresql_and_one_parent_run(t
     # MaxTrialsCallback checks after each of a process's trials: the other process may have one in flight
     assert budget <= len(trials) <= budget + 1 and numbers == list(range(len(trials)))
     assert all(t.state.is_finished() for t in trials)
-    assert len({t.user_attrs["worker"] for t in trials}) == 2, [t.user_attrs for t in trials]  # both contributed
+    # Both joined the one study; how the trials split between them depends on timing (one could start
+    # late and find the budget spent), so it is not asserted: only that no third process appears.
     assert study.user_attrs["processes_joined"] == 2
+    assert 1 <= len({t.user_attrs["worker"] for t in trials}) <= 2, [t.user_attrs for t in trials]
 
     client = MlflowClient(team.uri)
     experiment = client.get_experiment_by_name("imgclf")
