@@ -21,6 +21,7 @@ def main(params, paths):
     calibration = export.calibration_sample(
         read_split(paths, "train", lazy=True)[0], int(params["calibration_samples"]), int(params["seed"])
     )
+    paths.onnx_model.parent.mkdir(parents=True, exist_ok=True)  # a DVC out, also when onnx is not exported
     files = export.export_all(export.float32_copy(model), list(params["variants"]), calibration, paths)
 
     keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)  # as trained, any precision

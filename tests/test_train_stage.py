@@ -99,13 +99,13 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
 
     # export-tflite: every variant verified; a forced accuracy drop fails with one clear line
     report = read_json(paths.export_report)
-    assert set(report["variants"]) == {"float32", "float16", "dynamic", "int8"}
+    assert set(report["variants"]) == {"float32", "float16", "dynamic", "int8", "onnx"}
     assert report["variants"]["float32"]["agreement"] >= 0.99
     assert (paths.labels).read_text().splitlines()[0] == "T-shirt/top"
     set_params(prepared, export={"max_accuracy_drop": -1.0, "significance": 1.01})  # any drop, any p
     failed = run(["dvc", "repro", "export-tflite"], prepared, check=False)
     assert failed.returncode != 0
-    assert "export-tflite: error: 4 variant(s) lost too much accuracy: float32 accuracy" in failed.stderr
+    assert "export-tflite: error: 5 variant(s) lost too much accuracy: float32 accuracy" in failed.stderr
     assert "Traceback" not in failed.stderr
 
     # predict on a folder with a CSV of names (the seed layout's test folder), one image corrupt
