@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,7 @@ sys.path.insert(0, str(ROOT))
 from imgclf.images import decode, prepare
 from imgclf.io import write_json
 from imgclf.paths import layout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from imgclf.server import free_port
 
 
 def cpu_seconds(pid: int) -> float:

@@ -40,12 +40,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from imgclf.export import VARIANTS  # TensorFlow only loads inside its converter
 from imgclf.images import COLOR_MODES, ImageError, decode, prepare, read_header
+from imgclf.io import read_json
 from imgclf.runtime import load_classifier
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
-VARIANTS = ("float32", "float16", "dynamic", "int8", "onnx")  # as imgclf.export (which needs TensorFlow)
 PAGE = Path(__file__).with_name("static") / "index.html"
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 
@@ -105,12 +106,6 @@ class LoadedModel:
 # -- finding and loading the model ----------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _local_files(settings: Settings) -> tuple[Path, Path, dict]:
     """The model file, its model card and (if the pipeline's reports are here) its test metrics."""
     from imgclf.paths import layout
@@ -127,7 +122,7 @@ def _local_files(settings: Settings) -> tuple[Path, Path, dict]:
         raise ModelError(f"no model_card.json beside {model} or in ../tflite/: it holds the labels and input size")
     metrics = {}
     if paths.metrics.is_file():
-        test = _read_json(paths.metrics).get("test", {})
+        test = read_json(paths.metrics).get("test", {})
         metrics = {f"test_{k}": v for k, v in test.items() if isinstance(v, int | float)}
     return model, card, metrics
 
@@ -173,7 +168,7 @@ def _registry_files(uri: str, variant: str) -> tuple[Path, Path, dict, str | Non
 def _card(path: Path) -> tuple[list[str], int, str]:
     """Labels, image size and colour mode from a model card, or a ModelError saying what is wrong."""
     try:
-        card = _read_json(path)
+        card = read_json(path)
         labels, size, mode = list(card["labels"]), int(card["input"]["image_size"]), str(card["input"]["color_mode"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{path}: not a model card export-tflite wrote ({type(error).__name__}: {error})") from None

@@ -140,6 +140,16 @@ def shipped(section: str, **overrides) -> dict:
     return merged(load_section(section, REPO_ROOT / "params.yaml"), overrides)
 
 
+# A whole pipeline in about a minute: 20 images per class per split, one epoch, one variant checked.
+TINY_PIPELINE = {
+    "ingest": {"limit": 20},
+    "validate": {"min_per_class": 10},
+    "train": {"epochs": 1, "batch_size": 64},
+    "export": {"variants": ["float32"], "calibration_samples": 20, "latency_runs": 2, "max_accuracy_drop": 1.0},
+    "predict": {"variant": "float32"},
+}
+
+
 def set_params(root: Path, **sections) -> None:
     """Update params.yaml in ``root``: set_params(root, ingest={"limit": 20})."""
     import yaml
@@ -153,6 +163,7 @@ def set_params(root: Path, **sections) -> None:
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "TINY_PIPELINE",
     "kill_training_after_two_epochs",
     "manifest_for",
     "merged",

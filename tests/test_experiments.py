@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
 from imgclf.paths import layout
-from tests.conftest import run, set_params
+from tests.conftest import TINY_PIPELINE, run, set_params
 
 pytestmark = pytest.mark.slow
 MARKER = "Queued with a code change that the workspace no longer has."
@@ -28,14 +28,7 @@ def _wait_for_queue(root, timeout_s=900):
 
 def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_store(repo_copy, fashion_mnist_dir):
     root = repo_copy
-    set_params(
-        root,
-        ingest={"limit": 20},
-        validate={"min_per_class": 10},
-        train={"epochs": 1, "batch_size": 64},
-        export={"variants": ["float32"], "calibration_samples": 20, "latency_runs": 2, "max_accuracy_drop": 1.0},
-        predict={"variant": "float32"},
-    )
+    set_params(root, **TINY_PIPELINE)
     run(["dvc", "repro"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "baseline"], root)

@@ -283,16 +283,15 @@ def test_exactly_the_file_limit_is_accepted(client, pngs):
 @pytest.fixture
 def live_server(model_dir, tmp_path):
     """``python -m imgclf.serve`` on a free loopback port, as `make serve` starts it; stopped afterwards."""
-    import socket
     import subprocess
     import sys
     import time
 
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from imgclf.server import free_port
+
+    port = free_port()
     env = {**os.environ, "IMGCLF_MODEL": str(model_dir / "models/tflite/model_int8.tflite")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     log = (tmp_path / "server.log").open("wb")

@@ -26,7 +26,7 @@ import pytest
 
 from imgclf.io import read_json
 from imgclf.server import free_port
-from tests.conftest import set_params
+from tests.conftest import TINY_PIPELINE, set_params
 from tests.pipeline_copy import new_repository
 
 LEARNING_RATE = "0.002"  # the experiment: the committed params have train.learning_rate 0.003
@@ -85,15 +85,7 @@ def team(tmp_path_factory, fashion_mnist_dir):
     base = tmp_path_factory.mktemp("team")
     root = new_repository(base / "repo")
     remote = base / "remote"
-    set_params(
-        root,
-        ingest={"limit": 20},
-        validate={"min_per_class": 10},
-        train={"epochs": 1, "batch_size": 64},
-        export={"variants": ["float32"], "calibration_samples": 20, "latency_runs": 2, "max_accuracy_drop": 1.0},
-        predict={"variant": "float32"},
-        tune={"epochs": 1, "max_train_images": 100, "max_val_images": 50},
-    )
+    set_params(root, **TINY_PIPELINE, tune={"epochs": 1, "max_train_images": 100, "max_val_images": 50})
     # PostgreSQL runs as the postgres user, which cannot enter pytest's private temporary folders
     state = Path(tempfile.mkdtemp(prefix="imgclf-tracking-"))
     output = base / "server.log"
