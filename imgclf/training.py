@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from imgclf import distributed
 from imgclf.io import PipelineError, atomic_path
 from imgclf.plan import TrainingPlan
 
@@ -332,6 +333,10 @@ def fit(
 ) -> EpochLogger:
     """Train ``model`` (already compiled for phase 1) as ``plan`` says; resumable via ``run_dir``.
 
+    ``model.fit`` trains it, except under a MultiWorkerMirroredStrategy, where the custom step of
+    :mod:`imgclf.distributed` does, with the same callbacks; there ``run_dir`` and ``history_path``
+    of a worker other than the chief should be a temporary folder (the train stage's choice).
+
     Pretrained transfer models run two phases: the head on the frozen base for
     ``transfer.frozen_epochs``, then the top ``transfer.fine_tune_layers`` layers unfrozen at
     ``learning_rate * transfer.fine_tune_lr_factor``; the epoch count runs on across phases.
@@ -348,12 +353,21 @@ def fit(
     verbose = 1 if sys.stdout.isatty() else 0  # Keras draws its bar on stdout
     epoch_logger = EpochLogger(echo=not verbose)
     phases = [("train", 0, epochs)]
+    multi_worker = distributed.is_multi_worker(model.distribute_strategy)
+    if multi_worker:  # every worker skips a finished phase when the chief does (only the chief's folder has them)
+        verbose, epoch_logger.echo = 0, True
+
+        def chief_says(flag: bool) -> bool:
+            return bool(distributed.ChiefValues(model.distribute_strategy, is_chief())([float(flag)])[0].numpy())
+
+    else:
+        chief_says = bool
     if is_pretrained_transfer(params["model"], params):
         frozen = first_phase_epochs(params, plan)
         phases = [("frozen", 0, frozen), ("fine_tune", frozen, epochs)]
     for name, first, last in phases:
         done_marker = run_dir / f"{name}.done.weights.h5"
-        if done_marker.exists():
+        if chief_says(done_marker.exists()):
             model.load_weights(done_marker)
             log.info("phase %s already finished before an interruption: weights restored", name)
             continue
@@ -366,17 +380,21 @@ def fit(
                 compile_model(model, params, schedule)
             log.info("fine-tuning: %d base layers unfrozen, learning rate %.2g", count, lr)
         if last > first:
-            model.fit(
-                train,
-                validation_data=val,
-                initial_epoch=first,
-                epochs=last,
-                callbacks=callbacks(
-                    params, plan.early_stopping_patience, run_dir / name, history_path, epoch_logger, extra_callbacks
-                ),
-                verbose=verbose,
-                shuffle=False,  # the dataset shuffles itself (seeded); Keras would only warn about it
+            phase_callbacks = callbacks(
+                params, plan.early_stopping_patience, run_dir / name, history_path, epoch_logger, extra_callbacks
             )
+            if multi_worker:  # model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)
+                distributed.fit_phase(model, train, val, first, last, phase_callbacks, chief=is_chief())
+            else:
+                model.fit(
+                    train,
+                    validation_data=val,
+                    initial_epoch=first,
+                    epochs=last,
+                    callbacks=phase_callbacks,
+                    verbose=verbose,
+                    shuffle=False,  # the dataset shuffles itself (seeded); Keras would only warn about it
+                )
         if len(phases) > 1:
             with atomic_path(done_marker) as tmp:
                 model.save_weights(tmp)

@@ -2,9 +2,16 @@
 
 Killed mid-way (even by SIGKILL), the stage resumes from its last finished epoch when
 started again with the same params and data (see imgclf.training).
+
+With ``TF_CONFIG`` set (``python -m imgclf.launch --workers 2``, or a cluster) every worker runs
+this stage; the chief (worker 0, or the ``chief`` task) alone writes the model, the history and
+the MLflow run, the others train in step with it and write only to a temporary folder.
 """
 
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -48,9 +55,12 @@ def main(params, paths):
     chief = training.is_chief()
 
     data_hash = training.data_hash(data)
-    run_dir = paths.train_backup / training.backup_key(params, data_hash)
-    training.clear_backup(paths.train_backup, keep=run_dir.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        run_dir = paths.train_backup / training.backup_key(params, data_hash)
+        training.clear_backup(paths.train_backup, keep=run_dir.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:  # another worker of a multi-worker training: its backups and epoch log go to a folder of its own
+        run_dir = Path(tempfile.mkdtemp(prefix="imgclf-train-worker-"))
     epoch_log = run_dir / "history.csv"  # grows epoch by epoch; reports/train/history.csv once finished
 
     with strategy.scope():
@@ -59,6 +69,13 @@ def main(params, paths):
         training.compile_model(model, params, lr)
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
+
+    if not chief:  # it trains in step with the chief, which alone writes outputs and logs to MLflow
+        try:
+            training.fit(model, data, params, plan, run_dir, epoch_log)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return []
 
     name = tracking.run_name(paths.root, params["model"], params["learning_rate"], plan.batch_size)
     with tracking.resumable_run(run_dir, paths.root, params["experiment_name"], name) as (run, resumed):
@@ -70,11 +87,8 @@ def main(params, paths):
                 {"train": (data.x_train, data.y_train, "training"), "val": (data.x_val, data.y_val, "validation")},
             )
         mlflow.set_tag("training_setup", setup)  # also when resumed: it may resume on other devices
-        extra = [tracking.EpochMetrics(log_setup=not resumed)] if chief else []
+        extra = [tracking.EpochMetrics(log_setup=not resumed)]
         epoch_logger = training.fit(model, data, params, plan, run_dir, epoch_log, extra)
-        if not chief:
-            return []
-
         history = training.read_history(epoch_log)
         write_csv(paths.history, history)
         write_json(paths.train_plan, plan.as_dict())
