@@ -13,10 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 
-from imgclf import tracking, training
+from imgclf import distributed, tracking, training
 from imgclf.io import atomic_path, write_csv, write_json
 from imgclf.models import build_model
 from imgclf.params import read_file
@@ -95,6 +96,8 @@ def main(params, paths):
         mlflow.log_artifact(str(paths.train_plan), "train")
         with atomic_path(paths.model) as tmp:
             model.save(tmp)
+        if distributed.is_multi_worker(strategy):  # its predict (MLflow's signature) would wait for the other
+            model = keras.models.load_model(paths.model)  # workers, which have finished: a plain copy instead
         info = tracking.log_keras_model(model, np.asarray(data.x_val[:4]), params["registered_model_name"])
         registered = (
             {"name": params["registered_model_name"], "version": info.registered_model_version}
