@@ -10,6 +10,7 @@ When one worker fails, the others would wait for it in their next collective ope
 the launcher then stops them (SIGTERM to each worker's process group, SIGKILL after ``--grace``
 seconds) and exits with the failed worker's status and one line saying which. Ctrl-C (or SIGTERM to
 the launcher) stops them all the same way. Exit status 0 only when every worker exited 0.
+A training stopped either way resumes from its last finished epoch when started again, as after any kill.
 
 On a real cluster there is no launcher: each host or pod gets its own ``TF_CONFIG`` (README:
 Working as a team, "Training on several machines").

@@ -275,13 +275,19 @@ def test_two_workers_train_like_one(prepared, tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_killed_mid_way_resume_together(prepared, tmp_path):
+    """Stopped through the launcher after two epochs of ten (eight epochs, over ten seconds, of margin
+    for the polling), started again: the history continues and the MLflow run is the same."""
+    set_params(prepared, train={"epochs": 10})
     paths = layout(prepared)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {**os.environ, "PYTHONPATH": str(prepared), "TMPDIR": str(scratch)}
     log = tmp_path / "killed.log"
     with log.open("wb") as sink:
-        launcher = subprocess.Popen([*LAUNCH, "--workers", "2"], cwd=prepared, env=env, stdout=sink, stderr=sink)
+        # --grace 0: SIGKILL right after SIGTERM, a kill at a moment the training does not choose
+        launcher = subprocess.Popen(
+            [*LAUNCH, "--workers", "2", "--grace", "0"], cwd=prepared, env=env, stdout=sink, stderr=sink
+        )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and launcher.poll() is None and epochs_logged(paths) < 2:
         time.sleep(0.2)
@@ -294,10 +300,10 @@ def test_two_workers_killed_mid_way_resume_together(prepared, tmp_path):
     result = _launch_train(prepared, scratch)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert "resumed from backup: continuing at epoch" in result.stdout
-    assert pd.read_csv(paths.history)["epoch"].tolist() == list(range(5))  # every epoch once: the count continued
+    assert pd.read_csv(paths.history)["epoch"].tolist() == list(range(10))  # every epoch once: the count continued
     client, runs = _runs(prepared)
     assert len(runs) == 1  # the resumed training logged into the run the chief started
     assert int(runs[0].data.tags["resumed_from_epoch"]) >= 1
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
-    assert sorted(set(steps)) == list(range(5))
+    assert sorted(set(steps)) == list(range(10))
     assert json.loads(paths.run_info.read_text())["run_id"] == runs[0].info.run_id
