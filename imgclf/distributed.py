@@ -24,6 +24,7 @@ The loop works under any strategy (the tests run it under the default one as wel
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -188,3 +189,9 @@ def fit_phase(
     model._initial_epoch = None
     callback_list.on_train_end(logs)
     return logs
+
+
+def outside_strategy(saved: Path) -> keras.Model:
+    """The saved model, loaded outside any strategy: after a multi-worker training, the chief's model's
+    own ``predict`` (MLflow's signature) would wait for the other workers, which have finished."""
+    return keras.models.load_model(saved)

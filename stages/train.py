@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 
@@ -96,8 +95,8 @@ def main(params, paths):
         mlflow.log_artifact(str(paths.train_plan), "train")
         with atomic_path(paths.model) as tmp:
             model.save(tmp)
-        if distributed.is_multi_worker(strategy):  # its predict (MLflow's signature) would wait for the other
-            model = keras.models.load_model(paths.model)  # workers, which have finished: a plain copy instead
+        if distributed.is_multi_worker(strategy):
+            model = distributed.outside_strategy(paths.model)
         info = tracking.log_keras_model(model, np.asarray(data.x_val[:4]), params["registered_model_name"])
         registered = (
             {"name": params["registered_model_name"], "version": info.registered_model_version}
