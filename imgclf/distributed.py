@@ -23,6 +23,7 @@ The loop works under any strategy (the tests run it under the default one as wel
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -90,14 +91,15 @@ class Steps:
         self._train = tf.function(lambda batch: strategy.run(train_step, args=batch), reduce_retracing=True)
         self._val = tf.function(lambda batch: strategy.run(val_step, args=batch), reduce_retracing=True)
 
-    def _epoch(self, step, dataset) -> np.ndarray:
+    def _epoch(self, step, batches, steps: int | None = None) -> np.ndarray:
+        """``steps`` batches of ``batches`` (an iterator over a repeated dataset), or all of them."""
         totals = np.zeros(3)
-        for batch in dataset:
+        for batch in batches if steps is None else itertools.islice(batches, steps):
             totals += self.strategy.experimental_local_results(step(batch))[0].numpy()
         return totals
 
-    def train_epoch(self, dataset) -> dict[str, float]:
-        count, loss, right = self._epoch(self._train, dataset)
+    def train_epoch(self, batches, steps: int | None = None) -> dict[str, float]:
+        count, loss, right = self._epoch(self._train, batches, steps)
         return {"loss": loss / max(count, 1), "accuracy": right / max(count, 1)}
 
     def validate(self, dataset) -> dict[str, float]:
@@ -151,10 +153,12 @@ def fit_phase(
     last: int,
     callbacks: list[keras.callbacks.Callback],
     chief: bool,
+    steps_per_epoch: int | None = None,
 ) -> dict:
     """Epochs ``first`` to ``last`` (exclusive) of ``model`` (compiled, built under its strategy), as
     ``model.fit(train, validation_data=val, initial_epoch=first, epochs=last, callbacks=...)`` would
-    run them; returns the last epoch's logs."""
+    run them; returns the last epoch's logs. With ``steps_per_epoch``, ``train`` repeats and one
+    iterator serves every epoch, as in ``model.fit(..., steps_per_epoch=...)``."""
     strategy = model.distribute_strategy
     if not model.built:
         model.build(tuple(train.element_spec[0].shape))
@@ -163,6 +167,7 @@ def fit_phase(
             model.optimizer.build(model.trainable_variables)
     steps = Steps(model, strategy)
     distributed_train = strategy.experimental_distribute_dataset(train)
+    train_batches = iter(distributed_train) if steps_per_epoch else distributed_train
     distributed_val = strategy.experimental_distribute_dataset(val)
     callback_list = keras.callbacks.CallbackList(callbacks, model=model, epochs=last, steps=None, verbose=0)
     model.stop_training = False
@@ -174,7 +179,7 @@ def fit_phase(
     logs: dict = {}
     for epoch in range(model._initial_epoch or first, last):
         callback_list.on_epoch_begin(epoch)
-        logs = steps.train_epoch(distributed_train) | steps.validate(distributed_val)
+        logs = steps.train_epoch(train_batches, steps_per_epoch) | steps.validate(distributed_val)
         callback_list.on_epoch_end(epoch, logs)
         shared = [np.float64(model.stop_training)] + ([learning_rate.value] if learning_rate is not None else [])
         shared = chief_values(shared)

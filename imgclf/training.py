@@ -61,7 +61,13 @@ def online_augmentation(spec: dict, seed: int) -> keras.Sequential | None:
 
 
 def train_dataset(
-    x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, seed: int, augment: keras.Sequential | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    augment: keras.Sequential | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Shuffled (seeded, reshuffled each epoch) batches of uint8 images with one-hot labels.
 
@@ -69,6 +75,9 @@ def train_dataset(
     far steadier than gathering whole batches by shuffled index inside a ``map`` (benchmarks/NOTES.md).
     ``augment`` (see :func:`online_augmentation`) runs on each batch, sequentially so that the
     random draws are reproducible, and the batch goes back to uint8: the model's input contract.
+    ``repeat``: endless, one epoch after another, for one iterator that lives through the whole fit
+    (``steps_per_epoch`` marks the epochs): a new iterator every epoch stalled the CPU, idle, for
+    4-10 s at each epoch's start (benchmarks/NOTES.md, section 7).
     """
     labels = tf.one_hot(np.asarray(y, dtype=np.int32), num_classes)
     dataset = (
@@ -84,6 +93,8 @@ def train_dataset(
             return tf.cast(tf.clip_by_value(tf.round(moved), 0, 255), tf.uint8), targets
 
         dataset = dataset.map(apply)
+    if repeat:
+        dataset = dataset.repeat()
     return dataset.prefetch(AUTOTUNE)
 
 
@@ -346,7 +357,7 @@ def fit(
     num_classes = len(data.class_names)
     batch_size, epochs, seed = plan.batch_size, plan.epochs, int(params["seed"])
     augment = online_augmentation(params["online_augment"], seed)
-    train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed, augment)
+    train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed, augment, repeat=True)
     val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
     # In a terminal, Keras' progress bar shows progress within each epoch (an epoch can be a minute);
     # in a log file or CI, EpochLogger's one line per epoch is all there is.
@@ -384,13 +395,23 @@ def fit(
                 params, plan.early_stopping_patience, run_dir / name, history_path, epoch_logger, extra_callbacks
             )
             if multi_worker:  # model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)
-                distributed.fit_phase(model, train, val, first, last, phase_callbacks, chief=is_chief())
+                distributed.fit_phase(
+                    model,
+                    train,
+                    val,
+                    first,
+                    last,
+                    phase_callbacks,
+                    chief=is_chief(),
+                    steps_per_epoch=plan.steps_per_epoch,
+                )
             else:
                 model.fit(
                     train,
                     validation_data=val,
                     initial_epoch=first,
                     epochs=last,
+                    steps_per_epoch=plan.steps_per_epoch,  # the dataset repeats: one iterator for all epochs
                     callbacks=phase_callbacks,
                     verbose=verbose,
                     shuffle=False,  # the dataset shuffles itself (seeded); Keras would only warn about it

@@ -72,7 +72,7 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     assert "test_accuracy" in retrained.data.metrics  # evaluate, in the temporary copy, logged into it
     assert {i.dataset.name for i in retrained.inputs.dataset_inputs} == {"train", "val", "test"}
     baseline = client.get_run(baseline_run)
-    assert baseline.info.run_name == "simple_cnn lr=0.003 batch=64"  # model, key params (no commit yet)
+    assert baseline.info.run_name == "simple_cnn lr=0.0087 batch=64"  # model, key params (no commit yet)
     assert "test_top_2_accuracy" in baseline.data.metrics  # the eval-only experiment logged into the baseline run
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))  # no store left in a temporary copy
 

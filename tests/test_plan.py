@@ -38,8 +38,8 @@ def test_a_small_photo_set_with_augmented_copies():
 
 def test_a_hundred_thousand_images_keep_the_fashion_mnist_schedule():
     plan = plan_training(SHIPPED, n_train=106_000, val_labels=_val(600, 10), num_classes=10)
-    assert (plan.batch_size, plan.steps_per_epoch, plan.epochs) == (256, 415, 10)
-    assert plan.warmup_steps == 207  # half an epoch, as the fixed params had it
+    assert (plan.batch_size, plan.steps_per_epoch, plan.epochs) == (128, 829, 8)
+    assert plan.warmup_steps == 331  # 5 % of all steps: 0.4 of an epoch
     assert plan.early_stopping_patience == 5
     assert plan.warnings == []
 

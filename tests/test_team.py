@@ -29,7 +29,7 @@ from imgclf.server import free_port
 from tests.conftest import TINY_PIPELINE, set_params
 from tests.pipeline_copy import new_repository
 
-LEARNING_RATE = "0.002"  # the experiment: the committed params have train.learning_rate 0.003
+LEARNING_RATE = "0.002"  # the experiment: the committed params have train.learning_rate 0.0087
 
 
 def sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 600):
@@ -217,7 +217,7 @@ def test_a_colleague_gets_an_experiment_already_run_from_the_run_cache_without_t
     client = MlflowClient(trained.uri)
     experiment = client.get_experiment_by_name("imgclf")
     runs_before = {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
-    colleague = clone(trained, "colleague", rev="HEAD~1")  # before the experiment: learning rate 0.003, no model
+    colleague = clone(trained, "colleague", rev="HEAD~1")  # before the experiment: learning rate 0.0087, no model
     assert not (colleague / "models" / "model.keras").exists()
 
     result = sh(
