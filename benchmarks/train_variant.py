@@ -1,0 +1,77 @@
+"""One training on the pipeline's current arrays with train params overridden; test accuracy without DVC.
+
+    python benchmarks/train_variant.py NAME [train.key=value ...]     # after dvc repro augment
+    python benchmarks/train_variant.py b128 epochs=8 batch_size=128 simple_cnn.dense=128
+
+For comparing training recipes quickly (benchmarks/NOTES.md): the train stage's own plan and fit
+(imgclf.training, early stopping off so every variant runs its whole schedule) on the augmented
+training split, then accuracy on the test split, plain and with horizontal-flip averaging.
+Nothing is tracked or written in the repository; a JSON line is printed and appended to
+reports/bench/train_variants.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+from imgclf import training
+from imgclf.models import build_model
+from imgclf.params import read_file
+from imgclf.paths import layout
+from imgclf.plan import plan_training
+from imgclf.shards import read_split
+
+
+def main() -> None:
+    name, overrides = sys.argv[1], sys.argv[2:]
+    params = read_file()["train"]
+    for override in overrides:
+        key, value = override.split("=", 1)
+        *parents, leaf = key.removeprefix("train.").split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    paths = layout()
+    data = training.load_train_data(paths, params["use_augmented"])
+    plan = plan_training(params, len(data.x_train), data.y_val, len(data.class_names))
+    training.seed_everything(int(params["seed"]))
+    training.set_precision(params["mixed_precision"])
+    model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
+    training.compile_model(model, params, training.learning_rate(params, plan.total_steps))
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        training.fit(model, data, {**params, "early_stopping_patience": 0}, plan, Path(tmp) / "run", Path(tmp) / "h.csv")
+        train_s = time.perf_counter() - started
+        history = training.read_history(Path(tmp) / "h.csv")
+    x, y = read_split(paths, "test", empty="run dvc repro preprocess")
+    plain = model.predict(x, batch_size=512, verbose=0)
+    flipped = model.predict(x[:, :, ::-1], batch_size=512, verbose=0)
+    result = {
+        "name": name,
+        "overrides": overrides,
+        "batch_size": plan.batch_size,
+        "epochs": plan.epochs,
+        "train_s": round(train_s, 1),
+        "epoch_s": history["epoch_time_s"].round(1).tolist(),
+        "val_accuracy": history["val_accuracy"].round(4).tolist(),
+        "test_accuracy": float((plain.argmax(1) == y).mean()),
+        "test_accuracy_flip_averaged": float((((plain + flipped) / 2).argmax(1) == y).mean()),
+    }
+    print(json.dumps(result))
+    out = paths.root / "reports" / "bench" / "train_variants.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as file:
+        file.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
