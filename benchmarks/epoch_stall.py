@@ -62,7 +62,7 @@ def main() -> None:
         dataset = training.train_dataset(x, y, 10, batch, 1, repeat=repeat)
         pauses = Pauses()
         steps = -(-len(x) // batch) if repeat else None
-        model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=[pauses], verbose=0)
+        model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=[pauses], verbose=0, shuffle=False)
         name = "one repeated iterator " if repeat else "a new iterator each epoch"
         print(f"{name}: epochs {pauses.epochs} s (sum {sum(pauses.epochs):.1f}), pauses > 1 s: {pauses.gaps}")
 

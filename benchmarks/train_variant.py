@@ -49,7 +49,9 @@ def main() -> None:
     training.compile_model(model, params, training.learning_rate(params, plan.total_steps))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        training.fit(model, data, {**params, "early_stopping_patience": 0}, plan, Path(tmp) / "run", Path(tmp) / "h.csv")
+        training.fit(
+            model, data, {**params, "early_stopping_patience": 0}, plan, Path(tmp) / "run", Path(tmp) / "h.csv"
+        )
         train_s = time.perf_counter() - started
         history = training.read_history(Path(tmp) / "h.csv")
     x, y = read_split(paths, "test", empty="run dvc repro preprocess")
