@@ -24,6 +24,7 @@ from imgclf import training
 from imgclf.models import build_model
 from imgclf.params import read_file
 from imgclf.paths import layout
+from imgclf.plan import steps
 
 
 class Pauses(keras.callbacks.Callback):
@@ -61,8 +62,10 @@ def main() -> None:
         model.compile(optimizer="adamw", loss="categorical_crossentropy")
         dataset = training.train_dataset(x, y, 10, batch, 1, repeat=repeat)
         pauses = Pauses()
-        steps = -(-len(x) // batch) if repeat else None
-        model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=[pauses], verbose=0, shuffle=False)
+        steps_per_epoch = steps(len(x), batch) if repeat else None
+        model.fit(
+            dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch, callbacks=[pauses], verbose=0, shuffle=False
+        )
         name = "one repeated iterator " if repeat else "a new iterator each epoch"
         print(f"{name}: epochs {pauses.epochs} s (sum {sum(pauses.epochs):.1f}), pauses > 1 s: {pauses.gaps}")
 

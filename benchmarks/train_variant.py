@@ -1,7 +1,7 @@
 """One training on the pipeline's current arrays with train params overridden; test accuracy without DVC.
 
     python benchmarks/train_variant.py NAME [train.key=value ...]     # after dvc repro augment
-    python benchmarks/train_variant.py b128 epochs=8 batch_size=128 simple_cnn.dense=128
+    python benchmarks/train_variant.py b128 epochs=8 batch_size=128 simple_cnn.dense=128 simple_cnn.dropout.1=0.2
 
 For comparing training recipes quickly (benchmarks/NOTES.md): the train stage's own plan and fit
 (imgclf.training, early stopping off so every variant runs its whole schedule) on the augmented
@@ -28,18 +28,16 @@ from imgclf.params import read_file
 from imgclf.paths import layout
 from imgclf.plan import plan_training
 from imgclf.shards import read_split
+from imgclf.tune import with_values
 
 
 def main() -> None:
     name, overrides = sys.argv[1], sys.argv[2:]
-    params = read_file()["train"]
-    for override in overrides:
+    values = {}
+    for override in overrides:  # the search's dotted keys: train.simple_cnn.dropout.1=0.2
         key, value = override.split("=", 1)
-        *parents, leaf = key.removeprefix("train.").split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
+        values[key if key.startswith("train.") else f"train.{key}"] = yaml.safe_load(value)
+    params = with_values(read_file()["train"], values)  # checked against the train schema
     paths = layout()
     data = training.load_train_data(paths, params["use_augmented"])
     plan = plan_training(params, len(data.x_train), data.y_val, len(data.class_names))

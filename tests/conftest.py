@@ -161,9 +161,19 @@ def set_params(root: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def data_stages_done(folder: Path, **sections) -> Path:
+    """A git + DVC repository in ``folder`` with ``sections`` set in params.yaml and ``dvc repro
+    augment`` run: a module's template, which its tests copy (shutil.copytree, symlinks=True)."""
+    root = new_repository(folder / "repo")
+    set_params(root, **sections)
+    run(["dvc", "repro", "augment"], root)
+    return root
+
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "TINY_PIPELINE",
+    "data_stages_done",
     "kill_training_after_two_epochs",
     "manifest_for",
     "merged",

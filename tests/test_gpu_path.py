@@ -21,8 +21,7 @@ from imgclf import export, training
 from imgclf.io import PipelineError, read_json
 from imgclf.models import build_model
 from imgclf.paths import layout
-from tests.conftest import kill_training_after_two_epochs, run, set_params, shipped
-from tests.pipeline_copy import new_repository
+from tests.conftest import data_stages_done, kill_training_after_two_epochs, run, set_params, shipped
 
 MIRRORED_TRAIN = Path(__file__).with_name("mirrored_train.py")
 
@@ -103,15 +102,12 @@ TRAIN = {
 @pytest.fixture(scope="module")
 def prepared_template(tmp_path_factory, fashion_mnist_dir) -> Path:
     """A git + DVC repository with the data stages done, copied by each test (they run them once)."""
-    root = new_repository(tmp_path_factory.mktemp("gpu_path") / "repo")
-    set_params(
-        root,
+    return data_stages_done(
+        tmp_path_factory.mktemp("gpu_path"),
         ingest={"limit": 50},
         validate={"min_per_class": 20},
         export={"variants": list(export.VARIANTS), "latency_runs": 5, "max_accuracy_drop": 1.0},
     )
-    run(["dvc", "repro", "augment"], root)
-    return root
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ resume, early stopping); the slow tests run the train stage as two local workers
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,7 @@ from mlflow.tracking import MlflowClient
 from imgclf import distributed, training
 from imgclf.paths import layout
 from imgclf.plan import plan_training
-from tests.conftest import epochs_logged, run, set_params, shipped
-from tests.pipeline_copy import new_repository
+from tests.conftest import data_stages_done, epochs_logged, run, set_params, shipped
 
 TRAIN = shipped("train", learning_rate=0.01, batch_size=32, epochs=4, seed=1, schedule="cosine", warmup_fraction=0.1)
 
@@ -198,22 +198,17 @@ TWO_WORKER_TRAIN = {
 
 @pytest.fixture(scope="module")
 def prepared_template(tmp_path_factory, fashion_mnist_dir) -> Path:
-    root = new_repository(tmp_path_factory.mktemp("multiworker") / "repo")
-    set_params(
-        root,
+    return data_stages_done(
+        tmp_path_factory.mktemp("multiworker"),
         ingest={"limit": 100},
         validate={"min_per_class": 20},
         preprocess={"val_fraction": 0.2},
         train=TWO_WORKER_TRAIN,
     )
-    run(["dvc", "repro", "augment"], root)
-    return root
 
 
 @pytest.fixture
 def prepared(prepared_template, tmp_path) -> Path:
-    import shutil
-
     return Path(shutil.copytree(prepared_template, tmp_path / "repo", symlinks=True))
 
 
@@ -232,8 +227,6 @@ def _launch_train(root: Path, scratch: Path, timeout: float = 900) -> subprocess
 
 @pytest.mark.slow
 def test_two_workers_train_like_one(prepared, tmp_path):
-    import shutil
-
     one = Path(shutil.copytree(prepared, tmp_path / "one", symlinks=True))
     started = time.monotonic()
     run([sys.executable, "-m", "stages.train"], one)
