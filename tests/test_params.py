@@ -191,3 +191,23 @@ def test_a_typo_through_dvc_exp_run_and_a_bad_value_fail_before_touching_outputs
         assert message in bad.stderr
         assert all(path.read_bytes() == before[path] for path in outputs if path.exists())
     assert paths.validation_report.exists()  # ingest failed first: validate's outputs were never removed
+
+
+def test_the_accurate_profile_sets_valid_train_params_and_the_readme_shows_it(tmp_path):
+    """`make accurate` (the Makefile's ACCURATE overrides) names train params that exist, with values
+    the schema accepts, and the README's command for it sets the same ones."""
+    from imgclf.tune import with_values
+
+    makefile = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    overrides = re.findall(r"-S (\S+)", re.search(r"^ACCURATE := (.*)$", makefile, re.M).group(1))
+    assert len(overrides) >= 2
+    values = dict(yaml.safe_load(item.replace("=", ": ", 1)).popitem() for item in overrides)
+    assert all(key.startswith("train.") for key in values)
+    train = with_values(SHIPPED["train"], values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**SHIPPED, "train": train}))
+    checked = load_section("train", tmp_path / "params.yaml")
+    assert checked["model"] != SHIPPED["train"]["model"] or checked["epochs"] != SHIPPED["train"]["epochs"]
+    readme = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ")
+    shown = re.search(r"^dvc exp run -n accurate (.*)$", readme, re.M)
+    assert shown, "README: show the accurate profile's dvc exp run command"
+    assert sorted(re.findall(r"-S (\S+)", shown.group(1))) == sorted(overrides)
