@@ -133,8 +133,14 @@ def describe_setup(strategy: tf.distribute.Strategy, policy) -> str:
     except RuntimeError:  # the default strategy has no device list: it runs where TensorFlow places ops
         devices = [(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name]
     name = getattr(policy, "name", policy)
-    count = f"{len(devices)} device{'s' if len(devices) != 1 else ''}"
-    return f"{type(strategy).__name__.lstrip('_')} on {count} ({', '.join(devices)}), precision {name}"
+    where = f"{len(devices)} device{'s' if len(devices) != 1 else ''} ({', '.join(devices)})"
+    if distributed.is_multi_worker(strategy):  # the devices above are this worker's share
+        spec = strategy.cluster_resolver.cluster_spec()
+        workers = sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
+        replicas = strategy.num_replicas_in_sync
+        where = f"{workers} workers, {replicas} replicas in all; this worker: {where}"
+        return f"MultiWorkerMirroredStrategy on {where}, precision {name}"
+    return f"{type(strategy).__name__.lstrip('_')} on {where}, precision {name}"
 
 
 def is_chief() -> bool:
@@ -368,6 +374,8 @@ def fit(
     if multi_worker:  # every worker skips a finished phase when the chief does (only the chief's folder has them)
         verbose, epoch_logger.echo = 0, True
 
+        # A ChiefValues of its own: sharing fit_phase's (one value here, then every variable there) fails
+        # to retrace under TF 2.21 (IndexError in function_cache.generalize).
         def chief_says(flag: bool) -> bool:
             return bool(distributed.ChiefValues(model.distribute_strategy, is_chief())([float(flag)])[0].numpy())
 

@@ -251,7 +251,8 @@ def test_two_workers_train_like_one(prepared, tmp_path):
     client, runs = _runs(prepared)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run: the chief's
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_accuracy")] == list(range(5))
-    assert runs[0].data.tags["training_setup"].startswith("CollectiveAllReduceStrategy on 1 device")
+    setup = runs[0].data.tags["training_setup"]
+    assert setup.startswith("MultiWorkerMirroredStrategy on 2 workers, 2 replicas in all; this worker: 1 device"), setup
 
     # The same data, seed and global batches; batch norm sees half a batch per worker, dropout other
     # masks: not the same numbers, the same model within noise. 400 validation images: a standard error
