@@ -6,8 +6,8 @@
 For comparing training recipes quickly (benchmarks/NOTES.md): the train stage's own plan and fit
 (imgclf.training, early stopping off so every variant runs its whole schedule) on the augmented
 training split, then accuracy on the test split, plain and with horizontal-flip averaging.
-Nothing is tracked or written in the repository; a JSON line is printed and appended to
-reports/bench/train_variants.jsonl.
+Nothing is tracked: a JSON line is printed and appended to reports/bench/train_variants.jsonl
+(git-ignored).
 """
 
 from __future__ import annotations
