@@ -44,7 +44,8 @@ def main() -> None:
     training.seed_everything(int(params["seed"]))
     training.set_precision(params["mixed_precision"])
     model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
-    training.compile_model(model, params, training.learning_rate(params, plan.total_steps))
+    plan, _ = training.resolve_learning_rate(model, data, params, plan)
+    training.compile_model(model, params, training.learning_rate(params, plan.total_steps, plan.learning_rate))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         training.fit(

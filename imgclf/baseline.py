@@ -113,3 +113,55 @@ def verdict(metrics: dict, versus: dict, params: dict) -> tuple[str | None, bool
         f"{'' if significant else ', within noise'}; see reports/eval/summary.md)"
     )
     return message, bool(params["fail_below"]) and significant
+
+
+def ship_verdict(metrics: dict, versus: dict, params: dict) -> dict:
+    """Is the network fit to ship? ``{"fit_to_ship": bool, "reason": str, ...}``, which export copies
+    into the model card, and promote, predict and the service honour.
+
+    Not fit: test accuracy not above chance beyond noise (a one-sided binomial test against the
+    largest class's share of the test set), or below the baseline beyond noise (McNemar p below
+    ``significance``). A shortfall within noise is fit, with the numbers in the reason.
+    """
+    from scipy.stats import binomtest
+
+    alpha = float(params["significance"])
+    n = int(metrics["samples"])
+    correct = round(float(metrics["accuracy"]) * n)
+    shares = [c["support"] for c in metrics["per_class"].values()]
+    chance = max(shares) / max(1, sum(shares))
+    p_chance = float(binomtest(correct, n, chance, alternative="greater").pvalue) if n else 1.0
+    shortfall = {"accuracy_drop": -versus["network_minus_baseline"], "p_value": versus["p_value_network_worse"]}
+    below = versus["network_below_baseline"] and is_significant_drop(shortfall, 0.0, alpha)
+    if p_chance >= alpha:
+        fit, reason = (
+            False,
+            (
+                f"test accuracy {metrics['accuracy']:.4f} on {n} images is not above chance ({chance:.3f}) beyond noise "
+                f"(binomial p {p_chance:.2g})"
+            ),
+        )
+    elif below:
+        fit, reason = (
+            False,
+            (
+                f"test accuracy {metrics['accuracy']:.4f} is below the baseline's {versus['accuracy']:.4f} beyond noise "
+                f"(McNemar p {versus['p_value_network_worse']:.2g})"
+            ),
+        )
+    else:
+        fit, reason = (
+            True,
+            f"test accuracy {metrics['accuracy']:.4f} is above chance ({chance:.3f}) beyond noise"
+            + (f" and not below the baseline ({versus['accuracy']:.4f}) beyond noise"),
+        )
+    return {
+        "fit_to_ship": fit,
+        "reason": reason,
+        "test_accuracy": metrics["accuracy"],
+        "chance_accuracy": round(chance, 6),
+        "p_value_not_above_chance": p_chance,
+        "baseline_accuracy": versus["accuracy"],
+        "p_value_network_worse": versus["p_value_network_worse"],
+        "significance": alpha,
+    }

@@ -191,10 +191,11 @@ def accuracy_gate(report: dict, max_drop: float, alpha: float) -> tuple[list[str
     return failures, notes
 
 
-def model_card(preprocess_meta: dict, files: dict[str, Path], card_folder: Path) -> dict:
+def model_card(preprocess_meta: dict, files: dict[str, Path], card_folder: Path, verdict: dict | None = None) -> dict:
     """The label list and input contract, written beside the .tflite files for apps, ``predict`` and the
-    service; ``variants`` gives each file relative to the card (``model_int8.tflite``, ``../onnx/model.onnx``)."""
-    return {
+    service; ``variants`` gives each file relative to the card (``model_int8.tflite``, ``../onnx/model.onnx``);
+    ``verdict``: evaluate's (is the model fit to ship), which travels with the files into the registry."""
+    card = {
         "labels": preprocess_meta["class_names"],
         "input": {
             "shape": [1, *preprocess_meta["input_shape"]],
@@ -207,3 +208,15 @@ def model_card(preprocess_meta: dict, files: dict[str, Path], card_folder: Path)
         "output": "probabilities, one per label in labels.txt order; int8 variant: uint8, dequantize with the output tensor's scale and zero point",
         "variants": {name: os.path.relpath(path, card_folder) for name, path in files.items()},
     }
+    if verdict is not None:
+        card["verdict"] = {"fit_to_ship": bool(verdict["fit_to_ship"]), "reason": verdict["reason"]}
+    return card
+
+
+def unfit_reason(card: dict) -> str | None:
+    """Why a model card's model is not fit to ship (evaluate's verdict), or None. A card written before
+    verdicts existed has none: it is taken as fit."""
+    verdict = card.get("verdict") or {}
+    if verdict.get("fit_to_ship", True):
+        return None
+    return str(verdict.get("reason") or "evaluate found it not fit to ship")

@@ -155,12 +155,16 @@ def is_significant_drop(comparison: dict, max_drop: float, alpha: float) -> bool
     return comparison["accuracy_drop"] > max_drop + 1e-12 and comparison["p_value"] < alpha
 
 
-def evaluation_summary(metrics: dict, versus: dict, plan: dict | None) -> str:
+def evaluation_summary(metrics: dict, versus: dict, plan: dict | None, ship: dict | None = None) -> str:
     """reports/eval/summary.md: what a person reads first, with the numbers that qualify the others."""
     verdict = "**below the baseline**" if versus["network_below_baseline"] else "not below the baseline"
-    lines = [
-        "# Evaluation",
-        "",
+    lines = ["# Evaluation", ""]
+    if ship is not None:
+        lines += [
+            ("**Fit to ship**: " if ship["fit_to_ship"] else "**NOT FIT TO SHIP**: ") + ship["reason"] + ".",
+            "",
+        ]
+    lines += [
         f"Test images: {metrics['samples']}. With so few, one image is {1 / metrics['samples']:.2%} of accuracy."
         if metrics["samples"] < 1000
         else f"Test images: {metrics['samples']}.",
@@ -180,7 +184,8 @@ def evaluation_summary(metrics: dict, versus: dict, plan: dict | None) -> str:
             "",
             f"Batch {plan['batch_size']}, {plan['epochs']} epochs of {plan['steps_per_epoch']} steps "
             f"({plan['total_steps']} in all), early stopping "
-            + (f"patience {plan['early_stopping_patience']}." if plan["early_stopping_patience"] else "off."),
+            + (f"patience {plan['early_stopping_patience']}" if plan["early_stopping_patience"] else "off")
+            + (f", peak learning rate {plan['learning_rate']:.3g}." if plan.get("learning_rate") else "."),
             *(f"- Warning: {warning}" for warning in plan["warnings"]),
         ]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,8 @@ class probabilities. Scaling, channel repetition and resizing are layers inside
 the model, so Keras, the exported .tflite files and any caller share one input
 contract.
 
-- ``simple_cnn``: the default; Conv-BN-ReLU-MaxPool blocks (three in params.yaml).
+- ``simple_cnn``: the default; Conv-BN-ReLU-MaxPool blocks, as many as the image size needs
+  (three at 28 px, four at 64 px; a stride-2 stem first above 64 px).
 - ``resnet_small``: a narrow ResNet without pre-activation.
 - ``mobilenet_v2``, ``efficientnet_b0``: ``keras.applications`` bases for transfer learning, from
   ImageNet weights (online) or from a weights file: :func:`save_base_weights` writes one from a
@@ -15,6 +16,7 @@ contract.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import keras
@@ -45,15 +47,44 @@ def _head(x, num_classes: int, dropout: float):
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
 
 
+def _conv_bn_relu(x, width: int, l2: float, strides: int = 1):
+    x = layers.Conv2D(width, 3, strides=strides, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+    return layers.ReLU()(x)
+
+
+def simple_cnn_blocks(side: int, params: dict) -> tuple[int, list[int]]:
+    """(stem convs, block widths) that fit an input of ``side`` pixels.
+
+    The network follows the image size, so 28 px and 224 px both get a sound network from the same
+    params: stride-2 stem convs halve a side above ``stem_size`` (a 224 px photo costs what a 56 px
+    one does, as in every ImageNet network's stem), then one block per ``filters`` entry, then more
+    blocks (width doubling up to ``max_width``) until the feature map's side is at most
+    ``final_size``. The Flatten -> Dense head therefore sees at most ``final_size`` squared x width
+    features whatever the input; with a fixed block count it grew with the square of the side
+    (4.3 M parameters at 128 px, nearly all in one dense layer, which never trained: issue #23).
+    """
+    stem, side = 0, int(side)
+    while side > int(params["stem_size"]):
+        stem, side = stem + 1, math.ceil(side / 2)
+    widths = [int(w) for w in params["filters"]]
+    side //= 2 ** len(widths)
+    while side > int(params["final_size"]):
+        widths.append(min(2 * widths[-1], int(params["max_width"])))
+        side //= 2
+    return stem, widths
+
+
 def simple_cnn(input_shape, num_classes: int, params: dict) -> keras.Model:
-    """Conv(3x3)-BN-ReLU-MaxPool blocks, then Dropout, Dense, Dropout, softmax."""
-    filters, dropout, l2 = params["filters"], params["dropout"], float(params["l2"])
+    """Stem convs, Conv(3x3)-BN-ReLU-MaxPool blocks (:func:`simple_cnn_blocks`), Dropout, Dense, Dropout, softmax."""
+    dropout, l2 = params["dropout"], float(params["l2"])
+    stem, widths = simple_cnn_blocks(min(input_shape[:2]), params)
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1 / 255.0)(inputs)
-    for width in filters:
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_regularizer=_regularizer(l2))(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-        x = layers.ReLU()(x)
+    for _ in range(stem):
+        x = _conv_bn_relu(x, widths[0], l2, strides=2)
+    for width in widths:
+        x = _conv_bn_relu(x, width, l2)
         x = layers.MaxPooling2D()(x)
     x = layers.Dropout(dropout[0])(x)
     x = layers.Flatten()(x)

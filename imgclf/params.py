@@ -181,10 +181,29 @@ class TrainAuto(Section):
     patience_fraction: Annotated[float, Field(gt=0, le=1)] = describe("early_stopping_patience: auto, of the epochs")
     min_val_images: Annotated[int, Field(ge=0)] = describe("a smaller validation split turns early stopping off")
     min_val_per_class: Annotated[int, Field(ge=0)] = describe("... as does a class with fewer validation images")
+    lr_test_steps: Annotated[int, Field(ge=10)] = describe("learning_rate: auto: steps of the range test")
+    lr_test_min: Annotated[float, Field(gt=0)] = describe("... its first learning rate")
+    lr_test_max: Annotated[float, Field(gt=0)] = describe("... its last (the rate grows geometrically)")
+    lr_divisor: Annotated[float, Field(ge=1)] = describe("... the rate at the lowest smoothed loss, divided by this")
+    lr_diverge_factor: Annotated[float, Field(gt=1)] = describe(
+        "... the test stops once the loss is this times its lowest"
+    )
+
+
+class Stall(Section):
+    check_fraction: Fraction = describe("after this share of the steps, the training must have left chance...")
+    min_steps: Annotated[int, Field(ge=1)] = describe("... and at least this many (a shorter training is not checked)")
+    margin: Fraction = describe("...: training accuracy above chance + this share of the way from chance to 1")
+    restarts: Annotated[int, Field(ge=0)] = describe("a stalled training restarts from its initial weights this often")
+    lr_divisor: Annotated[float, Field(gt=1)] = describe("... each time with the learning rate divided by this")
+    underfit_accuracy: Fraction = describe("a final training accuracy below this is reported as underfitting")
 
 
 class SimpleCnn(Section):
-    filters: list[PositiveInt] = describe("one Conv-BN-ReLU-MaxPool block per entry")
+    filters: list[PositiveInt] = describe("one Conv-BN-ReLU-MaxPool block per entry (the first blocks)")
+    stem_size: Annotated[int, Field(ge=8)] = describe("stride-2 stem convs halve a larger input's side down to this")
+    final_size: PositiveInt = describe("blocks are added until the feature map's side is at most this")
+    max_width: PositiveInt = describe("added blocks double the width up to this")
     dense: PositiveInt = describe("units of the dense layer")
     dropout: Pair(Fraction) = describe("after the conv blocks, before the output")
     l2: Annotated[float, Field(ge=0)] = describe("kernel L2 penalty")
@@ -214,7 +233,9 @@ class Train(Section):
     use_augmented: bool = describe("train on the preprocessed train split plus augment's copies")
     online_augment: OnlineAugment
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = describe("the optimizer")
-    learning_rate: Annotated[float, Field(gt=0)] = describe("peak learning rate")
+    learning_rate: Auto | Annotated[float, Field(gt=0)] = describe(
+        "peak learning rate: auto (a range test on the model and data, see train.auto) or a number"
+    )
     momentum: Fraction = describe("sgd and rmsprop")
     weight_decay: Annotated[float, Field(ge=0)] = describe("decoupled weight decay (adamw, sgd, rmsprop)")
     schedule: Literal["constant", "cosine", "plateau"] = describe("learning-rate schedule")
@@ -225,6 +246,7 @@ class Train(Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = describe("cross-entropy label smoothing")
     early_stopping_patience: Auto | Annotated[int, Field(ge=0)] = describe("auto, 0 (off) or epochs")
     auto: TrainAuto
+    stall: Stall
     mixed_precision: Literal["auto", "on", "bf16", "off"] = describe("auto = mixed_float16 on a GPU")
     experiment_name: str = describe("MLflow experiment")
     registered_model_name: str | None = describe("MLflow registered model; null = do not register")

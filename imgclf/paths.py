@@ -144,6 +144,11 @@ class Layout:
         return self.eval_reports / "predictions.csv"
 
     @property
+    def eval_verdict(self) -> Path:
+        """evaluate's verdict: is the model fit to ship (export copies it into the model card)."""
+        return self.eval_reports / "verdict.json"
+
+    @property
     def eval_summary(self) -> Path:
         """The evaluation in words: test size, accuracy beside the baseline's, the training plan's warnings."""
         return self.eval_reports / "summary.md"

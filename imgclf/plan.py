@@ -14,6 +14,8 @@ stopping keeps a half-trained epoch. So ``auto`` values are resolved from the da
   (``auto.min_val_images`` images or ``auto.min_val_per_class`` of its rarest class): the
   full cosine schedule then runs to its end, which needs no validation to be sound.
 - warmup: ``warmup_fraction`` of all optimizer steps.
+- ``learning_rate: auto``: left open here (``None``) and resolved by a range test on the model
+  and data (:mod:`imgclf.lr_finder`, through :func:`with_learning_rate`) before training starts.
 
 An explicit number in params.yaml always wins; the plan still warns when it looks unsound.
 The train stage logs the plan with its reasons, writes it to ``reports/train/plan.json``
@@ -23,7 +25,7 @@ and logs it to MLflow as ``plan.*`` params.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -44,14 +46,27 @@ class TrainingPlan:
     val_images: int
     reasons: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    learning_rate: float | None = None  # None until an ``auto`` value is resolved (with_learning_rate)
+    lr_range_test: dict | None = None  # the range test's numbers, when it chose the learning rate
+    restarts: list[dict] = field(default_factory=list)  # stalled attempts, each restarted at a lower rate
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def mlflow_params(self) -> dict[str, str]:
         """The chosen numbers as ``plan.*`` params (the reasons go to plan.json, they are prose)."""
-        skip = ("reasons", "warnings")
+        skip = ("reasons", "warnings", "lr_range_test", "restarts")
         return {f"plan.{key}": str(value) for key, value in self.as_dict().items() if key not in skip}
+
+
+def with_learning_rate(plan: TrainingPlan, learning_rate: float, reason: str, range_test: dict | None = None):
+    """The plan with its learning rate resolved (``auto``), or changed (a restart after a stall)."""
+    return replace(
+        plan,
+        learning_rate=float(learning_rate),
+        lr_range_test=range_test if range_test is not None else plan.lr_range_test,
+        reasons={**plan.reasons, "learning_rate": reason},
+    )
 
 
 def steps(n: int, batch_size: int) -> int:
@@ -151,6 +166,10 @@ def plan_training(params: dict, n_train: int, val_labels: np.ndarray, num_classe
 
     warmup_steps = int(float(params["warmup_fraction"]) * total_steps)
     reasons["warmup_steps"] = f"warmup_fraction {params['warmup_fraction']} of {total_steps} steps"
+    learning_rate = None
+    if params["learning_rate"] != AUTO:
+        learning_rate = float(params["learning_rate"])
+        reasons["learning_rate"] = "set in params.yaml"
     return TrainingPlan(
         batch_size=batch_size,
         epochs=epochs,
@@ -162,4 +181,5 @@ def plan_training(params: dict, n_train: int, val_labels: np.ndarray, num_classe
         val_images=val_images,
         reasons=reasons,
         warnings=warnings,
+        learning_rate=learning_rate,
     )

@@ -122,8 +122,11 @@ def prediction_table(
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
-def predict_split(classifier, paths, labels: list[str], top_k: int) -> pd.DataFrame:
-    """Every row of the source's predict split, in the source's order: a prediction or why not."""
+def predict_split(classifier, paths, labels: list[str], top_k: int, refuse: str | None = None) -> pd.DataFrame:
+    """Every row of the source's predict split, in the source's order: a prediction or why not.
+
+    ``refuse``: the reason there is no prediction for any row (a model not fit to ship); rows
+    validate quarantined keep their own reason."""
     source = read_manifest(paths.ingested_manifest)
     source = source[source["split"] == "predict"]
     index = read_manifest(paths.preprocessed_index)
@@ -133,7 +136,10 @@ def predict_split(classifier, paths, labels: list[str], top_k: int) -> pd.DataFr
     position = {id_: i for i, id_ in enumerate(prepared["id"])}
     images, errors = [], []
     for id_ in source["id"]:
-        if id_ in position:
+        if id_ in position and refuse:
+            images.append(None)
+            errors.append(refuse)
+        elif id_ in position:
             images.append(np.asarray(x[position[id_]]))
             errors.append("")
         else:

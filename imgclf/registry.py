@@ -120,3 +120,21 @@ def promote(client, name: str, version: str, predictions: pd.DataFrame, min_gain
         "champion_after": version if decision.promote else (None if current is None else str(current.version)),
         **asdict(decision),
     }
+
+
+def refuse(client, name: str, version: str, reason: str) -> dict:
+    """The report for a version evaluate found not fit to ship: no alias moves (neither ``candidate``
+    nor ``champion``), and the version gets the tag ``fit_to_ship: false`` with the reason."""
+    client.set_model_version_tag(name, version, "fit_to_ship", "false")
+    client.set_model_version_tag(name, version, "ship_verdict", reason)
+    current = _aliased(client, name, CHAMPION)
+    before = None if current is None else str(current.version)
+    return {
+        "registered_model": name,
+        "version": version,
+        "champion_before": before,
+        "champion_after": before,
+        "promote": False,
+        "reason": f"not fit to ship: {reason}",
+        "comparison": None,
+    }

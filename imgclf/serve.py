@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from imgclf.export import VARIANTS  # TensorFlow only loads inside its converter
+from imgclf.export import VARIANTS, unfit_reason  # TensorFlow only loads inside its converter
 from imgclf.images import COLOR_MODES, ImageError, decode, prepare, read_header
 from imgclf.io import read_json
 from imgclf.runtime import load_classifier
@@ -67,6 +67,7 @@ class Settings:
     max_files: int = 64
     max_pixels: int = 50_000_000
     workers: int | None = None
+    allow_unfit: bool = False  # IMGCLF_ALLOW_UNFIT=1: serve a model evaluate found not fit to ship
 
     @classmethod
     def load(cls) -> Settings:
@@ -78,6 +79,7 @@ class Settings:
             settings = cls(**load_section("serve"))
         settings.model = os.environ.get("IMGCLF_MODEL") or settings.model
         settings.variant = os.environ.get("IMGCLF_VARIANT") or settings.variant
+        settings.allow_unfit = os.environ.get("IMGCLF_ALLOW_UNFIT", "") not in ("", "0", "false")
         return settings
 
 
@@ -93,6 +95,7 @@ class LoadedModel:
     run_id: str | None = None
     metrics: dict = field(default_factory=dict)
     cleanup: Path | None = None  # a registry download, removed at shutdown
+    unfit: str | None = None  # evaluate's reason, when the model is not fit to ship (served by IMGCLF_ALLOW_UNFIT)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """One batched call on a free model instance (blocks while all are busy)."""
@@ -191,6 +194,14 @@ def load_model(settings: Settings) -> LoadedModel:
         else:
             model, card, metrics = _local_files(settings)
         labels, size, mode = _card(card)
+        unfit = unfit_reason(read_json(card))
+        if unfit and not settings.allow_unfit:
+            raise ModelError(
+                f"{spec or model} is not fit to ship: {unfit} (evaluate's verdict in its model card); "
+                "IMGCLF_ALLOW_UNFIT=1 serves it anyway"
+            )
+        if unfit:
+            log.warning("serving a model NOT FIT TO SHIP (IMGCLF_ALLOW_UNFIT): %s", unfit)
         workers = settings.workers or os.cpu_count() or 1
         threads = max(1, (os.cpu_count() or 1) // workers)
         pool: queue.Queue = queue.Queue()
@@ -221,6 +232,7 @@ def load_model(settings: Settings) -> LoadedModel:
         run_id=run_id,
         metrics=metrics,
         cleanup=cleanup,
+        unfit=unfit,
     )
 
 
@@ -346,6 +358,8 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             "version": model.version,
             "run_id": model.run_id,
             "metrics": model.metrics,
+            "fit_to_ship": model.unfit is None,
+            "not_fit_reason": model.unfit,
             "limits": {
                 "max_upload_mb": app.state.settings.max_upload_mb,
                 "max_file_mb": app.state.settings.max_file_mb,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import subprocess
 import warnings
@@ -274,3 +275,32 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         if self.log_setup:
             self.log_setup = False
             super().on_train_begin(logs)
+
+
+def log_range_test(test) -> None:
+    """The learning-rate range test (:class:`imgclf.lr_finder.RangeTest`) as a figure and a CSV on the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.semilogx(test.learning_rates, test.losses, alpha=0.35, label="loss (one batch)")
+    ax.semilogx(test.learning_rates, test.smoothed, label="smoothed")
+    ax.axvline(test.learning_rate, color="k", linestyle="--", label=f"chosen {test.learning_rate:.3g}")
+    finite = [v for v in test.smoothed if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * test.smoothed[0]) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("Learning-rate range test")
+    ax.legend()
+    fig.tight_layout()
+    mlflow.log_figure(fig, "train/lr_range_test.png")
+    plt.close(fig)
+    rows = ["learning_rate,loss,smoothed_loss"]
+    rows += [
+        f"{r:.6g},{v:.6g},{s:.6g}" for r, v, s in zip(test.learning_rates, test.losses, test.smoothed, strict=True)
+    ]
+    mlflow.log_text("\n".join(rows) + "\n", "train/lr_range_test.csv")
+    mlflow.log_metric("lr_range_test_seconds", round(test.seconds, 2))

@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -168,6 +168,8 @@ def set_precision(mode: str) -> str:
 def learning_rate(params: dict, total_steps: int, base_lr: float | None = None):
     """A float for constant and reduce-on-plateau, a CosineDecay over ``total_steps`` (with a linear
     warmup over ``warmup_fraction`` of them) for cosine."""
+    if base_lr is None and params["learning_rate"] == "auto":
+        raise PipelineError("train.learning_rate is auto: resolve it first (training.resolve_learning_rate)")
     lr = float(base_lr if base_lr is not None else params["learning_rate"])
     schedule = params["schedule"]
     if schedule in ("constant", "plateau"):
@@ -265,6 +267,199 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if self.best_epoch == epoch and self.best_weights is not None:
             with atomic_path(self.best_path) as tmp:
                 np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+
+
+class StallCheck(keras.callbacks.Callback):
+    """Stops a training that never left chance, or whose loss is not a number (``train.stall``).
+
+    After ``check_epoch`` epochs the training accuracy must be above chance (the largest class's
+    share) by ``margin`` of the way from chance to 1, and the loss below the loss of predicting the
+    class frequencies (ln K for balanced classes); a NaN or infinite loss stops it at any epoch.
+    ``stalled`` then holds one sentence saying which. Keras' ``TerminateOnNaN`` would stop too, but
+    could not tell the caller why, and a stall at chance is no NaN.
+    """
+
+    def __init__(self, check_epoch: int, chance_accuracy: float, chance_loss: float, margin: float):
+        super().__init__()
+        self.check_epoch, self.chance_accuracy, self.chance_loss = check_epoch, chance_accuracy, chance_loss
+        self.threshold = chance_accuracy + margin * (1 - chance_accuracy)
+        self.stalled: str | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss, accuracy = float(logs.get("loss", np.nan)), float(logs.get("accuracy", np.nan))
+        if not np.isfinite(loss):
+            self.stalled = f"the training loss is {loss} at epoch {epoch + 1} (diverged)"
+        elif epoch + 1 == self.check_epoch and (accuracy <= self.threshold or loss >= self.chance_loss):
+            self.stalled = (
+                f"after {epoch + 1} epochs the training accuracy is {accuracy:.3f} (chance {self.chance_accuracy:.3f}, "
+                f"needed > {self.threshold:.3f}) and the loss {loss:.3f} (chance level {self.chance_loss:.3f})"
+            )
+        if self.stalled:
+            self.model.stop_training = True
+
+
+def stall_check(params: dict, plan: TrainingPlan, y_train: np.ndarray, num_classes: int) -> StallCheck:
+    """The :class:`StallCheck` for this data: chance is the largest class's share, and its loss the
+    cross-entropy of always predicting the class frequencies (ln K when balanced)."""
+    stall = params["stall"]
+    shares = np.bincount(np.asarray(y_train), minlength=num_classes) / max(1, len(y_train))
+    chance_loss = float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum())
+    return StallCheck(check_epoch(stall, plan), float(shares.max()), chance_loss, float(stall["margin"]))
+
+
+def check_epoch(stall: dict, plan: TrainingPlan) -> int:
+    """The first epoch after which ``check_fraction`` of the steps, and at least ``min_steps``, are done;
+    0 (no check) when the whole training is shorter (a smoke run: evaluate's verdict still judges it)."""
+    needed = max(float(stall["check_fraction"]) * plan.total_steps, int(stall["min_steps"]))
+    epoch = max(1, int(np.ceil(needed / plan.steps_per_epoch)))
+    return epoch if epoch <= plan.epochs else 0
+
+
+def resolve_learning_rate(
+    model: keras.Model, data: TrainData, params: dict, plan: TrainingPlan, saved: Path | None = None
+):
+    """``plan`` with its learning rate: the number in params.yaml, else a range test's choice
+    (:mod:`imgclf.lr_finder`) on a copy of ``model`` over the training pipeline. Returns ``(plan, test)``
+    (``test`` is ``None`` without a range test). ``saved`` (in the training's backup folder) keeps the
+    decision, so a resumed training keeps its rate and skips the test; a restart after a stall writes
+    its lower rate there too. In a multi-worker training every worker takes the chief's rate."""
+    from imgclf import lr_finder
+    from imgclf.io import read_json
+    from imgclf.plan import with_learning_rate
+
+    if plan.learning_rate is not None and not (saved and saved.exists()):
+        return plan, None
+    if saved is not None and saved.exists():
+        kept = read_json(saved)
+        log.info("learning rate %.3g kept from the interrupted training (%s)", kept["learning_rate"], saved)
+        plan = with_learning_rate(plan, kept["learning_rate"], kept["reason"], kept.get("lr_range_test"))
+        return replace(plan, restarts=kept.get("restarts", [])), None
+    seed = int(params["seed"])
+    augment = online_augmentation(params["online_augment"], seed)
+    num_classes = len(data.class_names)
+    train = train_dataset(data.x_train, data.y_train, num_classes, plan.batch_size, seed, augment, repeat=True)
+    test = lr_finder.range_test(model, train, lambda probe, lr: compile_model(probe, params, lr), params["auto"])
+    chosen = test.learning_rate
+    if distributed.is_multi_worker(model.distribute_strategy):
+        chosen = float(distributed.ChiefValues(model.distribute_strategy, is_chief())([chosen])[0].numpy())
+    log.info("learning rate %.3g: %s (%.1f s)", chosen, test.reason, test.seconds)
+    plan = with_learning_rate(plan, chosen, test.reason, test.summary())
+    if saved is not None:
+        save_learning_rate(saved, plan)
+    return plan, test
+
+
+def save_learning_rate(saved: Path, plan: TrainingPlan) -> None:
+    from imgclf.io import write_json
+
+    reason = plan.reasons["learning_rate"]
+    write_json(
+        saved,
+        {
+            "learning_rate": plan.learning_rate,
+            "reason": reason,
+            "lr_range_test": plan.lr_range_test,
+            "restarts": plan.restarts,
+        },
+    )
+
+
+def reset_progress(run_dir: Path, history_path: Path) -> None:
+    """Forget a stalled attempt: its epoch log, backups, early-stopping state and phase markers (the
+    MLflow run id and the learning-rate decision stay)."""
+    history_path.unlink(missing_ok=True)
+    for child in run_dir.iterdir():
+        if child.name in ("train", "frozen", "fine_tune") and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name.endswith((".best.npz", ".done.weights.h5")):
+            child.unlink(missing_ok=True)
+
+
+def fit_guarded(
+    model: keras.Model,
+    data: TrainData,
+    params: dict,
+    plan: TrainingPlan,
+    run_dir: Path,
+    history_path: Path,
+    extra_callbacks=(),
+    saved: Path | None = None,
+) -> tuple[EpochLogger, TrainingPlan]:
+    """:func:`fit` under a :class:`StallCheck`: a training that never leaves chance (or goes NaN) is said
+    in one loud line and restarted from its initial weights with the learning rate divided by
+    ``stall.lr_divisor``, up to ``stall.restarts`` times; then it fails. Returns the epoch logger and
+    the plan as it ended (its learning rate and ``restarts``). ``model`` must be compiled with
+    ``plan.learning_rate``."""
+    from imgclf.plan import with_learning_rate
+
+    stall = params["stall"]
+    initial = model.get_weights()
+    tried = [*plan.restarts]
+    while True:
+        guard = stall_check(params, plan, data.y_train, len(data.class_names))
+        epoch_logger = fit(model, data, params, plan, run_dir, history_path, [*extra_callbacks, guard])
+        if not guard.stalled:
+            return epoch_logger, plan
+        tried.append({"learning_rate": plan.learning_rate, "stalled": guard.stalled})
+        rates = ", ".join(f"{t['learning_rate']:.3g}" for t in tried)
+        if len(tried) > int(stall["restarts"]):
+            raise PipelineError(
+                f"TRAINING STALLED at every learning rate tried ({rates}): {guard.stalled}. No model is saved. "
+                "Check the labels (reports/validation.md), try train.model: resnet_small, a smaller "
+                "preprocess.image_size, or train.learning_rate set lower by hand"
+            )
+        lower = plan.learning_rate / float(stall["lr_divisor"])
+        log.error(
+            "TRAINING STALLED: %s at learning rate %.3g; restarting from the initial weights at %.3g (attempt %d of %d)",
+            guard.stalled,
+            plan.learning_rate,
+            lower,
+            len(tried) + 1,
+            int(stall["restarts"]) + 1,
+        )
+        plan = with_learning_rate(
+            plan, lower, f"{plan.reasons['learning_rate']}; divided by {stall['lr_divisor']:g} after a stall"
+        )
+        plan = replace(
+            plan,
+            restarts=list(tried),
+            warnings=[
+                *plan.warnings,
+                f"stalled at learning rate {tried[-1]['learning_rate']:.3g} ({guard.stalled}); restarted at {lower:.3g}",
+            ],
+        )
+        if saved is not None:
+            save_learning_rate(saved, plan)
+        reset_progress(run_dir, history_path)
+        from imgclf.models import is_pretrained_transfer, transfer_base
+
+        if is_pretrained_transfer(params["model"], params):
+            transfer_base(model).trainable = False  # a stall in fine-tuning restarts at the frozen phase
+        model.set_weights(initial)
+        with model.distribute_strategy.scope():
+            compile_model(
+                model,
+                params,
+                learning_rate(params, plan.steps_per_epoch * first_phase_epochs(params, plan), plan.learning_rate),
+            )
+
+
+def underfit_warning(history: pd.DataFrame, params: dict, plan: TrainingPlan) -> str | None:
+    """A sentence with what to try when the last epoch's training accuracy stays below
+    ``stall.underfit_accuracy`` (a small set that a network should fit nearly perfectly)."""
+    if history.empty or "accuracy" not in history:
+        return None
+    accuracy, limit = float(history["accuracy"].iloc[-1]), float(params["stall"]["underfit_accuracy"])
+    if accuracy >= limit:
+        return None
+    return (
+        f"UNDERFITTING: the training accuracy is {accuracy:.3f} after {len(history)} epochs (below {limit:g}); "
+        f"the network did not fit its own training images. Try more epochs (train.auto.min_epochs, now giving "
+        f"{plan.epochs}), a lower learning rate (train.learning_rate, now {plan.learning_rate:.3g}), or a larger "
+        "model (train.simple_cnn.dense or filters, or train.model: resnet_small); lighter augmentation "
+        "(augment.policy) if the augmented copies are harder than the photos"
+    )
 
 
 def backup_key(params: dict, data_hash: str) -> str:
@@ -392,7 +587,7 @@ def fit(
             continue
         if name == "fine_tune":
             transfer = params["transfer"]
-            lr = float(params["learning_rate"]) * float(transfer["fine_tune_lr_factor"])
+            lr = float(plan.learning_rate) * float(transfer["fine_tune_lr_factor"])
             with model.distribute_strategy.scope():  # the new optimizer must belong to the model's strategy
                 count = unfreeze_top(model, int(transfer["fine_tune_layers"]))
                 schedule = learning_rate(params, plan.steps_per_epoch * (last - first), lr)

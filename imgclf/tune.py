@@ -345,8 +345,9 @@ def objective_for(study: optuna.Study, data: training.TrainData, train: dict, tu
             training.seed_everything(int(params["seed"]))  # every trial starts from the same weights and order
             plan = plan_training(params, len(data.x_train), data.y_val, n_classes)
             model = build_model(params["model"], data.x_train.shape[1:], n_classes, params)
-            lr = training.learning_rate(params, plan.steps_per_epoch * training.first_phase_epochs(params, plan))
-            training.compile_model(model, params, lr)
+            plan, _ = training.resolve_learning_rate(model, data, params, plan)  # a range test when not searched
+            steps = plan.steps_per_epoch * training.first_phase_epochs(params, plan)
+            training.compile_model(model, params, training.learning_rate(params, steps, plan.learning_rate))
             mlflow.log_params(plan.mlflow_params())
             callbacks = [tracking.EpochMetrics(), KerasPruningCallback(trial, metric)]
             started = time.perf_counter()

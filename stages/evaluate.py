@@ -29,8 +29,10 @@ def main(params, paths):
     fit_parts = [read_split(paths, split, lazy=True) for split in ("train", "val")]
     versus = baseline.evaluate(fit_parts, x, y, predicted, class_names, params["baseline"])
     write_json(paths.metrics, {"test": metrics, "baseline": versus})
+    verdict = baseline.ship_verdict(metrics, versus, params["baseline"])
+    write_json(paths.eval_verdict, verdict)  # export copies it into the model card; promote, predict, serve honour it
     plan = read_json(paths.train_plan) if paths.train_plan.exists() else None
-    write_text(paths.eval_summary, evaluation_summary(metrics, versus, plan))
+    write_text(paths.eval_summary, evaluation_summary(metrics, versus, plan, verdict))
     names = np.asarray(class_names)
     write_csv(paths.predictions, pd.DataFrame({"actual": names[y], "predicted": names[predicted]}))
 
@@ -50,6 +52,7 @@ def main(params, paths):
         mlflow.log_metrics(scalars)
         mlflow.log_metrics({f"baseline_{k}": versus[k] for k in ("accuracy", "macro_f1", "network_minus_baseline")})
         mlflow.set_tag("network_below_baseline", str(versus["network_below_baseline"]).lower())
+        mlflow.set_tags({"fit_to_ship": str(verdict["fit_to_ship"]).lower(), "ship_verdict": verdict["reason"]})
         mlflow.log_artifact(str(paths.metrics), "eval")
         mlflow.log_artifacts(str(out), "eval")
     log.info(
@@ -65,7 +68,9 @@ def main(params, paths):
         raise PipelineError(f"{message}; evaluate.baseline.fail_below is true")
     if message:
         log.warning("%s", message)
-    return [paths.metrics, paths.predictions, paths.eval_summary, *sorted(out.glob("*.png"))]
+    if not verdict["fit_to_ship"]:
+        log.error("NOT FIT TO SHIP: %s. Promote, predict and the service will refuse this model", verdict["reason"])
+    return [paths.metrics, paths.eval_verdict, paths.predictions, paths.eval_summary, *sorted(out.glob("*.png"))]
 
 
 if __name__ == "__main__":

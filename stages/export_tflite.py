@@ -47,7 +47,8 @@ def main(params, paths):
         )
 
     write_text(paths.labels, "".join(f"{name}\n" for name in meta["class_names"]))
-    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite))
+    verdict = read_json(paths.eval_verdict) if paths.eval_verdict.exists() else None
+    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite, verdict))
     write_json(paths.export_report, report)
     with tracking.training_run(paths):
         mlflow.log_artifacts(str(paths.tflite), "tflite")

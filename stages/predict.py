@@ -13,6 +13,7 @@ import argparse
 import logging
 import typing
 
+from imgclf.export import unfit_reason
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
 from imgclf.predict import collect, predict, predict_split
@@ -31,6 +32,9 @@ def main(params, paths):
     )
     parser.add_argument("--csv-column", default=params["csv_column"])
     parser.add_argument("--top-k", type=int, default=int(params["top_k"]))
+    parser.add_argument(
+        "--allow-unfit", action="store_true", help="predict even with a model evaluate found not fit to ship"
+    )
     args = parser.parse_args()
 
     model_path = paths.exported_model(args.variant)
@@ -39,6 +43,18 @@ def main(params, paths):
             f"{model_path} not found: run the export-tflite stage, with {args.variant!r} in export.variants"
         )
     card = read_json(paths.tflite_meta)
+    unfit = unfit_reason(card)
+    if unfit and args.allow_unfit:
+        log.warning("predicting with a model NOT FIT TO SHIP (--allow-unfit): %s", unfit)
+    elif unfit and args.inputs:
+        raise PipelineError(
+            f"the model is not fit to ship: {unfit} (reports/eval/summary.md; --allow-unfit to use it anyway)"
+        )
+    elif unfit:  # the pipeline's predict split: every row says why, and the experiment keeps its metrics
+        log.error("NOT FIT TO SHIP: %s. No predictions: each row of %s says so", unfit, paths.predict_output)
+        table = predict_split(None, paths, card["labels"], args.top_k, refuse=f"model not fit to ship: {unfit}")
+        write_csv(paths.predict_output, table)
+        return [paths.predict_output]
     classifier = load_classifier(model_path)
     if args.inputs:
         items = collect(args.inputs, args.csv_column)

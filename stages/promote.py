@@ -1,7 +1,9 @@
 """Stage promote: the new registered model version -> alias "candidate", and "champion" if it beats the champion.
 
-Runs after evaluate and export-tflite (their gates passed, or DVC would have stopped). The decision,
-with the paired comparison behind it, goes to reports/promotion.json and to the training's MLflow run.
+Runs after evaluate and export-tflite (their gates passed, or DVC would have stopped). A model that
+evaluate found not fit to ship (reports/eval/verdict.json: at chance, or below the baseline beyond
+noise) gets no alias at all. The decision, with the paired comparison behind it, goes to
+reports/promotion.json and to the training's MLflow run.
 """
 
 import logging
@@ -26,20 +28,26 @@ def main(params, paths):
         log.info("nothing to promote: train.registered_model_name is null")
         return [paths.promotion]
     predictions = pd.read_csv(require(paths.predictions, "evaluate"), dtype=str, keep_default_na=False)
+    verdict = read_json(require(paths.eval_verdict, "evaluate"))
     with tracking.training_run(paths):
-        report = registry.promote(
-            MlflowClient(),
-            registered["name"],
-            str(registered["version"]),
-            predictions,
-            float(params["min_gain"]),
-            float(params["significance"]),
-        )
-        alias = registry.CHAMPION if report["promote"] else registry.CANDIDATE
+        if not verdict["fit_to_ship"]:
+            report = registry.refuse(MlflowClient(), registered["name"], str(registered["version"]), verdict["reason"])
+            alias = "refused"
+        else:
+            report = registry.promote(
+                MlflowClient(),
+                registered["name"],
+                str(registered["version"]),
+                predictions,
+                float(params["min_gain"]),
+                float(params["significance"]),
+            )
+            alias = registry.CHAMPION if report["promote"] else registry.CANDIDATE
         mlflow.set_tags({"promotion": alias, "promotion_reason": report["reason"]})
         write_json(paths.promotion, report)
         mlflow.log_artifact(str(paths.promotion), "registry")
-    log.info("%s version %s is %s: %s", report["registered_model"], report["version"], alias, report["reason"])
+    say = log.error if alias == "refused" else log.info
+    say("%s version %s is %s: %s", report["registered_model"], report["version"], alias, report["reason"])
     return [paths.promotion]
 
 

@@ -11,6 +11,7 @@ the MLflow run, the others train in step with it and write only to a temporary f
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -37,7 +38,7 @@ def log_plan(plan: TrainingPlan) -> None:
         plan.warmup_steps,
         f"patience {plan.early_stopping_patience}" if plan.early_stopping_patience else "off",
     )
-    for key, reason in plan.reasons.items():
+    for key, reason in plan.reasons.items():  # learning_rate: resolved later, logged then
         log.info("plan: %s = %s", key, reason)
     for warning in plan.warnings:
         log.warning("%s", warning)
@@ -65,19 +66,24 @@ def main(params, paths):
 
     with strategy.scope():
         model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
-        lr = training.learning_rate(params, plan.steps_per_epoch * training.first_phase_epochs(params, plan))
+    # learning_rate: auto is a range test on a copy of this model (kept in run_dir for a resumed training)
+    plan, range_test = training.resolve_learning_rate(model, data, params, plan, run_dir / "learning_rate.json")
+    with strategy.scope():
+        lr = training.learning_rate(
+            params, plan.steps_per_epoch * training.first_phase_epochs(params, plan), plan.learning_rate
+        )
         training.compile_model(model, params, lr)
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
 
     if not chief:  # it trains in step with the chief, which alone writes outputs and logs to MLflow
         try:
-            training.fit(model, data, params, plan, run_dir, epoch_log)
+            training.fit_guarded(model, data, params, plan, run_dir, epoch_log, saved=run_dir / "learning_rate.json")
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         return []
 
-    name = tracking.run_name(paths.root, params["model"], params["learning_rate"], plan.batch_size)
+    name = tracking.run_name(paths.root, params["model"], plan.learning_rate, plan.batch_size)
     with tracking.resumable_run(run_dir, paths.root, params["experiment_name"], name) as (run, resumed):
         if not resumed:
             mlflow.log_params(tracking.flatten(read_file()) | plan.mlflow_params())
@@ -87,9 +93,19 @@ def main(params, paths):
                 {"train": (data.x_train, data.y_train, "training"), "val": (data.x_val, data.y_val, "validation")},
             )
         mlflow.set_tag("training_setup", setup)  # also when resumed: it may resume on other devices
+        if range_test is not None:
+            tracking.log_range_test(range_test)
         extra = [tracking.EpochMetrics(log_setup=not resumed)]
-        epoch_logger = training.fit(model, data, params, plan, run_dir, epoch_log, extra)
+        epoch_logger, plan = training.fit_guarded(
+            model, data, params, plan, run_dir, epoch_log, extra, saved=run_dir / "learning_rate.json"
+        )
         history = training.read_history(epoch_log)
+        underfit = training.underfit_warning(history, params, plan)
+        if underfit:
+            log.warning("%s", underfit)
+            plan = replace(plan, warnings=[*plan.warnings, underfit])
+        mlflow.log_metric("learning_rate_peak", plan.learning_rate)
+        mlflow.set_tag("stall_restarts", str(len(plan.restarts)))
         write_csv(paths.history, history)
         write_json(paths.train_plan, plan.as_dict())
         mlflow.log_artifact(str(paths.train_plan), "train")

@@ -5,13 +5,18 @@ over noisy gradient backgrounds, at varied sizes, saved as JPEG and PNG.
 
 And real photographs (:func:`photo_set`): random crops of the pictures bundled with scikit-image,
 one picture per class, in the CSV and class-folder layouts, with broken files and unlabelled
-images on request (benchmarks/photo_sets.py).
+images on request (benchmarks/photo_sets.py). Two harder kinds (benchmarks/photo_matrix.py):
+:func:`texture_set`, five textures under the ``hard`` variation (wide brightness, contrast, scale,
+a colour cast and any rotation, :data:`VARIATIONS`), and :func:`fine_set`, classes that are
+fixed regions of one photograph (:data:`REGIONS`), so only detail tells them apart.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -138,12 +143,63 @@ def skimage_photo(name: str) -> np.ndarray:
     return image
 
 
-def photo_crop(name: str, rng: np.random.Generator) -> np.ndarray:
-    """A random view of one photograph: crop, flip, brightness/contrast, resize to 200-400 px a side.
+@dataclass(frozen=True)
+class Variation:
+    """How much the views of one class differ (:func:`photo_crop`)."""
 
-    The crop's shorter edge is 35-80% of the photograph's shorter side, placed anywhere; its
-    aspect ratio is the output's (up to the photograph's bounds), so the content is barely stretched.
+    crop: tuple[float, float]  # crop edge, as a fraction of the source's (or region's) shorter side
+    contrast: tuple[float, float]  # factor around mid-grey (128)
+    brightness: float  # added, drawn in [-brightness, brightness]
+    gain: tuple[float, float] | None = None  # a colour cast: each channel's factor, drawn in this range
+    rotate: float = 0.0  # degrees, drawn in [-rotate, rotate]; 180: any angle (cropped: no empty corners)
+
+
+VARIATIONS = {
+    # photo_set's views since issue #10: crop, flip, mild brightness and contrast (the bytes of that code)
+    "default": Variation(crop=CROP_FRACTION, contrast=(0.85, 1.15), brightness=20),
+    # colour and an 8x8 thumbnail say little: any angle, a wide scale, strong light and a colour cast
+    "hard": Variation(crop=(0.2, 0.9), contrast=(0.6, 1.4), brightness=50, gain=(0.75, 1.25), rotate=180),
+    # fine_set: the hard light and colour cast, any angle, a crop jittered inside the class's region
+    "fine": Variation(crop=(0.55, 0.9), contrast=(0.6, 1.4), brightness=50, gain=(0.75, 1.25), rotate=180),
+}
+
+# Fine-grained classes: fixed, non-overlapping regions of one photograph, as (top, left, bottom,
+# right) fractions of its height and width. Every view of a class is a crop inside its region, so
+# train and test views of a class share their detail, and two classes share none.
+REGIONS = {
+    f"{photo}_{row}_{column}": (photo, (top, left, top + 0.5, left + 0.5))
+    for photo in ("coffee", "chelsea")
+    for row, top in (("top", 0.0), ("bottom", 0.5))
+    for column, left in (("left", 0.0), ("right", 0.5))
+}
+TEXTURE_CLASSES = ("brick", "grass", "gravel", "text", "coins")
+FINE_CLASSES = ("coffee_top_left", "coffee_top_right", "coffee_bottom_left", "coffee_bottom_right")
+
+
+def class_source(name: str) -> np.ndarray:
+    """The pixels a class's views are cut from: a whole photograph or one of :data:`REGIONS`."""
+    if name in REGIONS:
+        photo, (top, left, bottom, right) = REGIONS[name]
+        source = skimage_photo(photo)
+        height, width = source.shape[:2]
+        return source[round(top * height) : round(bottom * height), round(left * width) : round(right * width)]
+    if name in SKIMAGE_PHOTOS:
+        return skimage_photo(name)
+    raise ValueError(f"{name!r} is neither in SKIMAGE_PHOTOS nor in REGIONS")
+
+
+def photo_crop(name: str, rng: np.random.Generator, variation: str = "default") -> np.ndarray:
+    """A random view of one photograph (or region): crop, flip, brightness/contrast, resize to 200-400 px a side.
+
+    The crop's shorter edge is a fraction of the source's shorter side (:data:`VARIATIONS`, 35-80% by
+    default), placed anywhere; its aspect ratio is the output's (up to the source's bounds), so the
+    content is barely stretched. ``variation`` other than ``default`` also rotates the crop (cut from
+    inside the source, no empty corners) and casts a colour (see :func:`_varied_crop`).
     """
+    if variation not in VARIATIONS:
+        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, not {variation!r}")
+    if variation != "default" or name not in SKIMAGE_PHOTOS:
+        return _varied_crop(class_source(name), rng, VARIATIONS[variation])
     source = skimage_photo(name)
     height, width = source.shape[:2]
     out_h, out_w = (int(n) for n in rng.integers(MIN_SIDE, MAX_SIDE + 1, 2))
@@ -161,6 +217,48 @@ def photo_crop(name: str, rng: np.random.Generator) -> np.ndarray:
     return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
+def _varied_crop(source: np.ndarray, rng: np.random.Generator, variation: Variation) -> np.ndarray:
+    """A rotated crop of ``source`` (its rotated corners inside ``source``), flipped, lit, resized.
+
+    The crop is taken at the source's resolution (bilinear), shrunk when its rotated box would not
+    fit, then resized to the output (area averaging when shrinking). Light: a per-channel gain (the
+    colour cast), then contrast around 128 and brightness, as in the default views.
+    """
+    height, width = source.shape[:2]
+    out_h, out_w = (int(n) for n in rng.integers(MIN_SIDE, MAX_SIDE + 1, 2))
+    short = rng.uniform(*variation.crop) * min(height, width)
+    crop_h = min(height, short * max(1.0, out_h / out_w))
+    crop_w = min(width, short * max(1.0, out_w / out_h))
+    angle = math.radians(rng.uniform(-variation.rotate, variation.rotate)) if variation.rotate else 0.0
+    cos, sin = math.cos(angle), math.sin(angle)
+    box_w = abs(cos) * crop_w + abs(sin) * crop_h  # the rotated crop's axis-aligned box
+    box_h = abs(sin) * crop_w + abs(cos) * crop_h
+    room_w, room_h = width - 2, height - 2  # pixel centres 0.5 .. size - 1.5: half a pixel to spare
+    fit = min(1.0, room_w / box_w, room_h / box_h)
+    crop_w, crop_h, box_w, box_h = crop_w * fit, crop_h * fit, box_w * fit, box_h * fit
+    half_w, half_h = min(box_w, room_w) / 2, min(box_h, room_h) / 2
+    cx = rng.uniform(0.5 + half_w, width - 1.5 - half_w)  # the crop's centre, in source pixels
+    cy = rng.uniform(0.5 + half_h, height - 1.5 - half_h)
+    size_w, size_h = max(1, math.floor(crop_w)), max(1, math.floor(crop_h))
+    ox, oy = (size_w - 1) / 2, (size_h - 1) / 2
+    to_source = np.array([[cos, -sin, cx - cos * ox + sin * oy], [sin, cos, cy - sin * ox - cos * oy]])
+    image = cv2.warpAffine(
+        np.ascontiguousarray(source),
+        to_source,
+        (size_w, size_h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,  # black: a crop reaching outside would show (tests/test_photos.py)
+    )
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    gain = rng.uniform(*variation.gain, 3) if variation.gain else np.ones(3)
+    contrast, brightness = rng.uniform(*variation.contrast), rng.uniform(-variation.brightness, variation.brightness)
+    image = image.astype(np.float32) * gain.astype(np.float32)
+    image = np.clip((image - 128) * contrast + 128 + brightness, 0, 255).astype(np.uint8)
+    shrink = out_h * out_w < size_h * size_w
+    return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
 def _save_varied(path: Path, image: np.ndarray, rng: np.random.Generator) -> Path:
     """JPEG at quality 60-95 (three times in four) or PNG; the suffix says which."""
     if rng.random() < 0.25:
@@ -168,9 +266,9 @@ def _save_varied(path: Path, image: np.ndarray, rng: np.random.Generator) -> Pat
     return save(path.with_suffix(".jpg"), image, quality=int(rng.integers(60, 96)))
 
 
-def _save_broken(path: Path, rng: np.random.Generator, name: str) -> Path:
+def _save_broken(path: Path, rng: np.random.Generator, name: str, variation: str = "default") -> Path:
     """A JPEG cut off after 10-60% of its bytes: a file validate must quarantine as unreadable."""
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(photo_crop(name, rng), cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(photo_crop(name, rng, variation), cv2.COLOR_RGB2BGR))
     assert ok
     data = encoded.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +291,7 @@ def photo_set(
     unlabelled: int = 0,
     broken: int = 0,
     seed: int = 0,
+    variation: str = "default",
 ) -> Path:
     """A dataset of random crops of real photographs (one photograph per class) in one of the layouts.
 
@@ -203,7 +302,8 @@ def photo_set(
       images as loose files in test/ (the predict split).
     - ``folders``: flat <class>/ folders (preprocess carves the test split); no test or unlabelled images.
 
-    ``classes`` is a list of :data:`SKIMAGE_PHOTOS` names or a count (:func:`skimage_classes`).
+    ``classes`` is a list of :data:`SKIMAGE_PHOTOS` or :data:`REGIONS` names, or a count
+    (:func:`skimage_classes`); ``variation`` names how much the views differ (:data:`VARIATIONS`).
     ``broken`` truncated JPEGs go into the labelled training data (listed in labels.csv), spread over
     the classes. The unlabelled images cover the classes evenly, in a shuffled order; their true
     labels go to :func:`truth_path` (image,label; ``image`` as the predict stage names it), outside
@@ -212,9 +312,11 @@ def photo_set(
     if layout not in PHOTO_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(PHOTO_LAYOUTS)}, not {layout!r}")
     classes = skimage_classes(classes) if isinstance(classes, int) else list(classes)
-    unknown = sorted(set(classes) - set(SKIMAGE_PHOTOS))
+    unknown = sorted(set(classes) - set(SKIMAGE_PHOTOS) - set(REGIONS))
     if unknown or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct names from SKIMAGE_PHOTOS; got {classes}")
+        raise ValueError(f"classes must be distinct names from SKIMAGE_PHOTOS or REGIONS; got {classes}")
+    if variation not in VARIATIONS:
+        raise ValueError(f"variation must be one of {', '.join(VARIATIONS)}, not {variation!r}")
     if layout == "folders" and (test_per_class or unlabelled):
         raise ValueError("the flat 'folders' layout has no test split and no unlabelled images")
     if layout == "csv" and test_per_class and unlabelled:
@@ -235,9 +337,9 @@ def photo_set(
             else:
                 path = folder / label / f"{label}_{i // len(classes):03d}.jpg"
             if i in broken_at:
-                path = _save_broken(path, rng, label)
+                path = _save_broken(path, rng, label, variation)
             else:
-                path = _save_varied(path, photo_crop(label, rng), rng)
+                path = _save_varied(path, photo_crop(label, rng, variation), rng)
             rows.append((path.name, label))
         return rows
 
@@ -257,9 +359,44 @@ def photo_set(
         labels = rng.permutation([classes[i % len(classes)] for i in range(unlabelled)])  # balanced, shuffled
         for i, label in enumerate(labels.tolist()):
             folder = test_dir / "images" if layout == "csv" else test_dir
-            path = _save_varied(folder / f"new_{i:03d}.jpg", photo_crop(label, rng), rng)
+            path = _save_varied(folder / f"new_{i:03d}.jpg", photo_crop(label, rng, variation), rng)
             truth.append((path.name if layout == "csv" else path.relative_to(root).as_posix(), label))
         if layout == "csv":
             write_csv(test_dir / "test.csv", "image", [(name,) for name, _ in truth])
         write_csv(truth_path(root), "image,label", truth)
     return root
+
+
+def texture_set(
+    root: Path, per_class: int, test_per_class: int = 0, layout: str = "folders_with_test", seed: int = 0, **options
+) -> Path:
+    """:func:`photo_set` of the five :data:`TEXTURE_CLASSES` under the ``hard`` variation.
+
+    Brick, grass, gravel, text and coins (grayscale photographs: the colour cast is all the colour
+    they get), each view at any angle, 20-90% of the photograph's shorter side, with contrast 0.6-1.4,
+    brightness -50..50 and a per-channel gain of 0.75-1.25: colour and mean brightness say little.
+    ``options``: photo_set's ``unlabelled`` and ``broken``.
+    """
+    return photo_set(root, layout, TEXTURE_CLASSES, per_class, test_per_class, seed=seed, variation="hard", **options)
+
+
+def fine_set(
+    root: Path,
+    per_class: int,
+    test_per_class: int = 0,
+    layout: str = "folders_with_test",
+    seed: int = 0,
+    classes: Sequence[str] = FINE_CLASSES,
+    **options,
+) -> Path:
+    """:func:`photo_set` of fine-grained classes: fixed quarters of one photograph (:data:`REGIONS`).
+
+    Each view is a crop of 55-90% of its quarter's shorter side, anywhere inside the quarter, at any
+    angle, under the hard light and colour cast (the ``fine`` variation): what tells the classes
+    apart is the detail of each quarter (wood grain, the cup's rim, the saucer, the spoon), not its
+    colour or its layout. ``options``: photo_set's ``unlabelled`` and ``broken``.
+    """
+    unknown = sorted(set(classes) - set(REGIONS))
+    if unknown:
+        raise ValueError(f"fine_set's classes are REGIONS names; not {', '.join(unknown)}")
+    return photo_set(root, layout, classes, per_class, test_per_class, seed=seed, variation="fine", **options)

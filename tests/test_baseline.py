@@ -121,3 +121,33 @@ def test_the_summary_shows_sizes_both_models_and_plan_warnings():
     )
     assert "**below the baseline**" in text and "early stopping off" in text
     assert "- Warning: the validation split has 8 images" in text
+
+
+def _metrics(accuracy: float, n: int = 150, classes: int = 5) -> dict:
+    per_class = {f"c{i}": {"support": n // classes} for i in range(classes)}
+    return {"accuracy": accuracy, "samples": n, "per_class": per_class}
+
+
+def _against(baseline_accuracy: float, network_accuracy: float, p_worse: float) -> dict:
+    return {
+        "accuracy": baseline_accuracy,
+        "network_below_baseline": network_accuracy < baseline_accuracy,
+        "network_minus_baseline": network_accuracy - baseline_accuracy,
+        "p_value_network_worse": p_worse,
+    }
+
+
+def test_a_model_at_chance_is_not_fit_to_ship_even_above_a_weak_baseline():
+    """The issue's 128 px case: 0.20 on 150 images of 5 classes."""
+    verdict = baseline.ship_verdict(_metrics(0.20), _against(0.18, 0.20, 1.0), PARAMS)
+    assert not verdict["fit_to_ship"] and "not above chance (0.200)" in verdict["reason"]
+    assert verdict["p_value_not_above_chance"] > 0.4
+
+
+def test_below_the_baseline_beyond_noise_is_not_fit_within_noise_it_is():
+    beyond = baseline.ship_verdict(_metrics(0.60), _against(0.80, 0.60, 0.001), PARAMS)
+    assert not beyond["fit_to_ship"] and "below the baseline's 0.8000 beyond noise" in beyond["reason"]
+    within = baseline.ship_verdict(_metrics(0.78), _against(0.80, 0.78, 0.4), PARAMS)
+    assert within["fit_to_ship"]
+    good = baseline.ship_verdict(_metrics(0.93), _against(0.25, 0.93, 1.0), PARAMS)
+    assert good["fit_to_ship"] and good["chance_accuracy"] == pytest.approx(0.2)

@@ -95,7 +95,7 @@ def test_set_precision_bf16_and_the_setup_line(global_policy):
 TRAIN = {
     "batch_size": 64,
     "early_stopping_patience": 0,
-    "simple_cnn": {"filters": [8, 16], "dense": 32, "dropout": [0.25, 0.4], "l2": 0.0},
+    "simple_cnn": {"filters": [8, 16], "final_size": 7, "dense": 32, "dropout": [0.25, 0.4], "l2": 0.0},
 }
 
 

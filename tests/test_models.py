@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from imgclf.io import PipelineError
-from imgclf.models import MODELS, build_model, is_pretrained_transfer, unfreeze_top
+from imgclf.models import MODELS, build_model, is_pretrained_transfer, simple_cnn_blocks, unfreeze_top
 from tests.conftest import shipped
 
 PARAMS = shipped(
@@ -70,3 +70,31 @@ def test_bad_model_names_and_weight_paths():
         build_model("vgg99", (28, 28, 1), 3, PARAMS)
     with pytest.raises(PipelineError, match="neither 'imagenet', null nor an existing weights file"):
         build_model("efficientnet_b0", (28, 28, 1), 3, shipped("train", transfer={"weights": "/no/such.h5"}))
+
+
+@pytest.mark.parametrize(
+    ("side", "stems", "widths"),
+    [
+        (28, 0, [32, 64, 128]),  # Fashion-MNIST: the network it always was
+        (32, 0, [32, 64, 128]),
+        (64, 0, [32, 64, 128, 256]),
+        (128, 1, [32, 64, 128, 256]),
+        (224, 2, [32, 64, 128, 256]),
+        (512, 3, [32, 64, 128, 256]),
+    ],
+)
+def test_simple_cnn_follows_the_image_size(side, stems, widths):
+    assert simple_cnn_blocks(side, shipped("train")["simple_cnn"]) == (stems, widths)
+
+
+def test_simple_cnn_size_stays_bounded_as_images_grow():
+    """With a fixed block count the Flatten -> Dense head grew with the square of the side (4.3 M
+    parameters at 128 px, nearly all in one layer: a network that never trained)."""
+    train = shipped("train")
+    counts = {side: build_model("simple_cnn", (side, side, 3), 5, train).count_params() for side in (28, 64, 128, 224)}
+    assert counts[28] < 300_000
+    assert max(counts.values()) < 1_000_000
+    assert counts[224] <= counts[64] * 1.2  # the stem keeps the large inputs' head the 64 px one's
+    model = build_model("simple_cnn", (224, 224, 3), 5, train)
+    flatten = next(layer for layer in model.layers if isinstance(layer, keras.layers.Flatten))
+    assert flatten.output.shape[-1] <= 4 * 4 * train["simple_cnn"]["max_width"]

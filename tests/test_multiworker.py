@@ -192,7 +192,7 @@ TWO_WORKER_TRAIN = {
     "batch_size": 64,
     "learning_rate": 0.01,
     "early_stopping_patience": 0,
-    "simple_cnn": {"filters": [8, 16], "dense": 32, "dropout": [0.25, 0.4], "l2": 0.0},
+    "simple_cnn": {"filters": [8, 16], "final_size": 7, "dense": 32, "dropout": [0.25, 0.4], "l2": 0.0},
 }
 
 

@@ -102,3 +102,16 @@ def test_a_rerun_for_an_older_version_moves_no_alias_back(client, tmp_path):
     report = promote(client, "m", first, table(300), 0.0, 0.05)  # e.g. evaluate reran for version 1
     assert not report["promote"]
     assert _aliases(client, "m") == {CANDIDATE: "2", CHAMPION: "2"}
+
+
+def test_a_model_not_fit_to_ship_gets_no_alias_and_the_champion_stays(client, tmp_path):
+    from imgclf.registry import refuse
+
+    first = _register(client, "m", 300, tmp_path)
+    promote(client, "m", first, pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(300)}), 0.0, 0.05)
+    unfit = _register(client, "m", 360, tmp_path)
+    report = refuse(client, "m", unfit, "test accuracy 0.2000 on 150 images is not above chance")
+    assert not report["promote"] and report["reason"].startswith("not fit to ship: test accuracy 0.2000")
+    assert report["champion_before"] == report["champion_after"] == "1"
+    assert _aliases(client, "m") == {CANDIDATE: "1", CHAMPION: "1"}
+    assert client.get_model_version("m", unfit).tags["fit_to_ship"] == "false"

@@ -47,7 +47,17 @@ def build_model_dir(folder: Path) -> Path:
 
     x, y = _digit_images()
     keras.utils.set_random_seed(0)
-    params = {"simple_cnn": {"filters": [8, 16], "dense": 32, "dropout": [0.1, 0.1], "l2": 0.0}}
+    params = {
+        "simple_cnn": {
+            "filters": [8, 16],
+            "stem_size": 64,
+            "final_size": 7,
+            "max_width": 64,
+            "dense": 32,
+            "dropout": [0.1, 0.1],
+            "l2": 0.0,
+        }
+    }
     model = build_model("simple_cnn", (28, 28, 1), 10, params)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:1500], y[:1500], epochs=3, batch_size=64, verbose=0)
@@ -227,6 +237,28 @@ def test_a_model_card_that_does_not_fit_the_model_stops_the_start(model_dir, tmp
         with pytest.raises(ModelError, match=message):
             with TestClient(create_app(Settings(model=str(folder / "model_int8.tflite")))):
                 pass
+
+
+def test_a_model_not_fit_to_ship_is_refused_unless_allowed(model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "models" / "tflite"
+    folder.mkdir(parents=True)
+    shutil.copy(model_dir / "models/tflite/model_int8.tflite", folder)
+    card = json.loads((model_dir / "models/tflite/model_card.json").read_text())
+    reason = "test accuracy 0.2000 on 150 images is not above chance (0.200) beyond noise (binomial p 0.54)"
+    card["verdict"] = {"fit_to_ship": False, "reason": reason}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    model = str(folder / "model_int8.tflite")
+    with pytest.raises(ModelError, match=r"is not fit to ship: test accuracy 0.2000 .* IMGCLF_ALLOW_UNFIT=1"):
+        with TestClient(create_app(Settings(model=model))):
+            pass
+    monkeypatch.setenv("IMGCLF_ALLOW_UNFIT", "1")
+    monkeypatch.setenv("IMGCLF_MODEL", model)
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the shipped defaults, then the environment
+    with TestClient(create_app(Settings.load())) as allowed:
+        info = allowed.get("/v1/model").json()
+    assert info["fit_to_ship"] is False and info["not_fit_reason"] == reason
 
 
 @needs_pipeline

@@ -123,6 +123,15 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert len(table) == 5 and table.loc[1, "error"].startswith("readable: ")
     assert set(table.loc[table["error"] == "", "predicted_label"]) <= set(paths.labels.read_text().splitlines())
 
+    # evaluate's verdict travels in the model card; a model not fit to ship is refused in one line
+    card = read_json(paths.tflite_meta)
+    assert card["verdict"] == {k: read_json(paths.eval_verdict)[k] for k in ("fit_to_ship", "reason")}
+    card["verdict"] = {"fit_to_ship": False, "reason": "test accuracy 0.1000 is not above chance"}
+    paths.tflite_meta.write_text(json.dumps(card))
+    refused = run([sys.executable, "stages/predict.py", "unlabeled", "--output", "out/refused.csv"], prepared, False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "predict: error: the model is not fit to ship: test accuracy 0.1000 is not above chance" in refused.stderr
+
 
 def _vega_values(spec) -> list[dict]:
     """The data rows of a Vega-Lite spec printed by `dvc plots --show-vega`."""

@@ -166,3 +166,74 @@ def test_a_base_trained_on_one_dataset_fine_tunes_on_photos_offline(tmp_path, di
     plan = plan_training(params, len(data.x_train), data.y_val, 3)
     training.fit(model, data, params, plan, tmp_path / "run", tmp_path / "history.csv")
     assert training.read_history(tmp_path / "history.csv")["epoch"].tolist() == [0, 1]
+
+
+def _constant_images_data(n=160, classes=4):
+    """Images that carry no information: no network can leave chance on them."""
+    x = np.full((n, 8, 8, 1), 128, np.uint8)
+    y = np.arange(n) % classes
+    return training.TrainData(x, y, x[:40], y[:40], [f"c{i}" for i in range(classes)])
+
+
+STALL_NET = {**BASE["simple_cnn"], "filters": [4], "dense": 8}
+
+
+def test_a_training_that_never_leaves_chance_restarts_at_lower_rates_then_fails(tmp_path):
+    data = _constant_images_data()
+    params = {**BASE, "epochs": 4, "batch_size": 16, "simple_cnn": STALL_NET}
+    params["stall"] = {**params["stall"], "check_fraction": 0.25, "min_steps": 10, "restarts": 1, "lr_divisor": 10}
+    model = build_model("simple_cnn", (8, 8, 1), 4, params)
+    training.compile_model(model, params, 0.01)
+    plan = plan_training(params, len(data.x_train), data.y_val, 4)
+    history = tmp_path / "history.csv"
+    with pytest.raises(PipelineError, match=r"TRAINING STALLED at every learning rate tried \(0.01, 0.001\)"):
+        training.fit_guarded(model, data, params, plan, tmp_path / "run", history, saved=tmp_path / "lr.json")
+    assert len(training.read_history(history)) == 1  # each attempt stopped at the check, after epoch 1
+    saved = json.loads((tmp_path / "lr.json").read_text())
+    assert saved["learning_rate"] == pytest.approx(0.001) and len(saved["restarts"]) == 1
+    assert "training accuracy" in saved["restarts"][0]["stalled"]
+
+
+def test_a_diverging_training_recovers_at_a_lower_rate_from_its_initial_weights(tmp_path, digits):
+    images, target = digits
+    x = images[:400, :, :, None]
+    data = training.TrainData(x, target[:400], x[:80], target[:80], [str(d) for d in range(10)])
+    params = {**BASE, "epochs": 5, "batch_size": 32, "schedule": "constant", "simple_cnn": STALL_NET}
+    params["stall"] = {**params["stall"], "check_fraction": 0.4, "min_steps": 10, "restarts": 1, "lr_divisor": 1e6}
+    keras.utils.set_random_seed(1)
+    model = build_model("simple_cnn", x.shape[1:], 10, params)
+    initial = [w.copy() for w in model.get_weights()]
+    training.compile_model(model, params, 1e4)  # AdamW far past the edge: NaN or stuck at chance
+    plan = plan_training({**params, "learning_rate": 1e4}, len(data.x_train), data.y_val, 10)
+    restarted = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            restarted.append([w.copy() for w in self.model.get_weights()])
+
+    _, plan = training.fit_guarded(model, data, params, plan, tmp_path / "run", tmp_path / "h.csv", [Watch()])
+    assert len(plan.restarts) == 1 and plan.restarts[0]["learning_rate"] == 1e4
+    assert plan.learning_rate == pytest.approx(0.01)
+    np.testing.assert_array_equal(restarted[1][0], initial[0])  # the restart began from the initial weights
+    history = training.read_history(tmp_path / "h.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4]  # the stalled attempt's epochs are gone from the log
+    assert history["accuracy"].iloc[-1] > 0.3
+
+
+def test_underfitting_is_reported_with_what_to_try():
+    plan = plan_training({**BASE, "learning_rate": 0.004}, 100, np.arange(20) % 2, 2)
+    assert training.underfit_warning(pd.DataFrame({"accuracy": [0.5, 0.97]}), BASE, plan) is None
+    warning = training.underfit_warning(pd.DataFrame({"accuracy": [0.5, 0.81]}), BASE, plan)
+    assert warning.startswith("UNDERFITTING: the training accuracy is 0.810 after 2 epochs")
+    assert "train.auto.min_epochs" in warning and "0.004" in warning and "resnet_small" in warning
+
+
+def test_the_stall_check_waits_for_enough_steps_and_skips_a_smoke_run():
+    stall = BASE["stall"]  # 10 % of the steps and at least 100
+    fashion = plan_training({**BASE, "batch_size": "auto", "epochs": "auto"}, 106_000, np.arange(7000) % 10, 10)
+    assert training.check_epoch(stall, fashion) == 1  # 829 steps an epoch
+    photos = plan_training({**BASE, "batch_size": "auto", "epochs": "auto"}, 474, np.arange(30) % 6, 6)
+    assert (photos.steps_per_epoch, photos.epochs) == (15, 67)
+    assert training.check_epoch(stall, photos) == 7  # 101 steps >= 10 % of 1005 and >= 100
+    smoke = plan_training({**BASE, "batch_size": 64, "epochs": 1}, 400, np.arange(30) % 10, 10)
+    assert training.check_epoch(stall, smoke) == 0  # 7 steps in all: evaluate's verdict judges it
