@@ -51,7 +51,7 @@ test: setup
 # for Fashion-MNIST (a small photo set still gets the epochs train.auto gives it).
 # `dvc exp show` puts it beside the default run; `dvc exp apply <name>` makes it the workspace's.
 ACCURATE := -S train.model=resnet_small -S train.auto.min_epochs=15 \
-	-S train.online_augment.horizontal_flip=true -S train.online_augment.shift=0.08
+	-S train.online_augment.when=always
 accurate: setup
 	dvc exp run $(ACCURATE)
 

@@ -45,7 +45,8 @@ def child(policy: str, epochs: int, per_class: int) -> None:
     keras.utils.set_random_seed(42)
     keras.mixed_precision.set_global_policy(policy)
     model = build_model("simple_cnn", x.shape[1:], 10, params)
-    training.compile_model(model, params, float(params["learning_rate"]))
+    rate = params["learning_rate"]  # a throughput benchmark: auto's range test would only add noise
+    training.compile_model(model, params, 0.0087 if rate == "auto" else float(rate))
     dataset = training.train_dataset(x[train], y[train], 10, 256, 42)
 
     times: list[float] = []

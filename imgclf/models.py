@@ -75,6 +75,22 @@ def simple_cnn_blocks(side: int, params: dict) -> tuple[int, list[int]]:
     return stem, widths
 
 
+def simple_cnn_pooling(side: int, params: dict) -> str:
+    """``flatten`` or ``average`` (global average pooling) for the last feature map; ``auto``: flatten up to
+    ``flatten_max_size`` px, average above.
+
+    A 28 px thumbnail is a 3x3 map at the end, and where in it a feature sits is part of the class (a
+    shirt's collar, a boot's heel): Flatten keeps it, and is what Fashion-MNIST was tuned with. A photo's
+    class does not depend on where in the frame its texture or object sits, and averaging drops the
+    head from 4x4x256 inputs to 256, which a few hundred photos cannot fit by heart: on the texture
+    photo set at 64 px, validation accuracy 0.95 against 0.79 with Flatten (issue #23, DESIGN).
+    """
+    pooling = params["pooling"]
+    if pooling == "auto":
+        return "flatten" if side <= int(params["flatten_max_size"]) else "average"
+    return pooling
+
+
 def simple_cnn(input_shape, num_classes: int, params: dict) -> keras.Model:
     """Stem convs, Conv(3x3)-BN-ReLU-MaxPool blocks (:func:`simple_cnn_blocks`), Dropout, Dense, Dropout, softmax."""
     dropout, l2 = params["dropout"], float(params["l2"])
@@ -87,7 +103,11 @@ def simple_cnn(input_shape, num_classes: int, params: dict) -> keras.Model:
         x = _conv_bn_relu(x, width, l2)
         x = layers.MaxPooling2D()(x)
     x = layers.Dropout(dropout[0])(x)
-    x = layers.Flatten()(x)
+    x = (
+        layers.GlobalAveragePooling2D()(x)
+        if simple_cnn_pooling(min(input_shape[:2]), params) == "average"
+        else layers.Flatten()(x)
+    )
     x = layers.Dense(int(params["dense"]), activation="relu", kernel_regularizer=_regularizer(l2))(x)
     return keras.Model(inputs, _head(x, num_classes, dropout[1]), name="simple_cnn")
 

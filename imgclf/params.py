@@ -167,6 +167,8 @@ class Augment(Section):
 
 # train
 class OnlineAugment(Section):
+    when: Literal["auto", "always", "never"] = describe("auto: on when the plan trains at least min_epochs epochs")
+    min_epochs: PositiveInt = describe("... (small data, seen many times, is where memorizing starts)")
     horizontal_flip: bool = describe("random flips of each batch as it is drawn")
     shift: Fraction = describe("random shifts, fraction of the image size; 0 = off")
 
@@ -204,6 +206,10 @@ class SimpleCnn(Section):
     stem_size: Annotated[int, Field(ge=8)] = describe("stride-2 stem convs halve a larger input's side down to this")
     final_size: PositiveInt = describe("blocks are added until the feature map's side is at most this")
     max_width: PositiveInt = describe("added blocks double the width up to this")
+    pooling: Literal["auto", "flatten", "average"] = describe(
+        "the last feature map into the dense layer: flatten, average, or auto (flatten up to flatten_max_size)"
+    )
+    flatten_max_size: PositiveInt = describe("pooling: auto flattens images up to this size, averages larger ones")
     dense: PositiveInt = describe("units of the dense layer")
     dropout: Pair(Fraction) = describe("after the conv blocks, before the output")
     l2: Annotated[float, Field(ge=0)] = describe("kernel L2 penalty")
@@ -289,12 +295,14 @@ class Predict(Section):
     variant: Variant = describe("which exported model to run (one of export.variants)")
     top_k: PositiveInt = describe("labels per image in the predictions")
     csv_column: str | None = describe("CLI: column of image names in a CSV; null = detect")
+    allow_unfit: bool = describe("predict even with a model evaluate found not fit to ship (smoke runs)")
 
 
 # promote
 class Promote(Section):
     min_gain: Annotated[float, Field(ge=0)] = describe("champion only when accuracy beats it by more than this...")
     significance: Annotated[float, Field(gt=0)] = describe("... and McNemar's p (the gain is noise) is below this")
+    allow_unfit: bool = describe("aliases even for a model evaluate found not fit to ship (smoke runs)")
 
 
 # serve (the HTTP service, imgclf.serve:app; not a stage)

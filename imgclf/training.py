@@ -284,13 +284,17 @@ class StallCheck(keras.callbacks.Callback):
         self.check_epoch, self.chance_accuracy, self.chance_loss = check_epoch, chance_accuracy, chance_loss
         self.threshold = chance_accuracy + margin * (1 - chance_accuracy)
         self.stalled: str | None = None
+        self.checked = False
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         loss, accuracy = float(logs.get("loss", np.nan)), float(logs.get("accuracy", np.nan))
+        due = self.check_epoch and epoch + 1 >= self.check_epoch and not self.checked  # also when resumed past it
         if not np.isfinite(loss):
             self.stalled = f"the training loss is {loss} at epoch {epoch + 1} (diverged)"
-        elif epoch + 1 == self.check_epoch and (accuracy <= self.threshold or loss >= self.chance_loss):
+        elif due:
+            self.checked = True
+        if due and not self.stalled and (accuracy <= self.threshold or loss >= self.chance_loss):
             self.stalled = (
                 f"after {epoch + 1} epochs the training accuracy is {accuracy:.3f} (chance {self.chance_accuracy:.3f}, "
                 f"needed > {self.threshold:.3f}) and the loss {loss:.3f} (chance level {self.chance_loss:.3f})"
@@ -301,10 +305,12 @@ class StallCheck(keras.callbacks.Callback):
 
 def stall_check(params: dict, plan: TrainingPlan, y_train: np.ndarray, num_classes: int) -> StallCheck:
     """The :class:`StallCheck` for this data: chance is the largest class's share, and its loss the
-    cross-entropy of always predicting the class frequencies (ln K when balanced)."""
+    cross-entropy of always predicting the (label-smoothed) class frequencies: ln K when balanced."""
     stall = params["stall"]
     shares = np.bincount(np.asarray(y_train), minlength=num_classes) / max(1, len(y_train))
-    chance_loss = float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum())
+    smoothing = float(params["label_smoothing"])
+    targets = (1 - smoothing) * shares + smoothing / num_classes  # what a constant prediction can best match
+    chance_loss = float(-(targets[targets > 0] * np.log(targets[targets > 0])).sum())
     return StallCheck(check_epoch(stall, plan), float(shares.max()), chance_loss, float(stall["margin"]))
 
 
@@ -328,25 +334,31 @@ def resolve_learning_rate(
     from imgclf.io import read_json
     from imgclf.plan import with_learning_rate
 
-    if plan.learning_rate is not None and not (saved and saved.exists()):
-        return plan, None
+    multi_worker = distributed.is_multi_worker(model.distribute_strategy)
+    test = None
     if saved is not None and saved.exists():
         kept = read_json(saved)
         log.info("learning rate %.3g kept from the interrupted training (%s)", kept["learning_rate"], saved)
         plan = with_learning_rate(plan, kept["learning_rate"], kept["reason"], kept.get("lr_range_test"))
-        return replace(plan, restarts=kept.get("restarts", [])), None
-    seed = int(params["seed"])
-    augment = online_augmentation(params["online_augment"], seed)
-    num_classes = len(data.class_names)
-    train = train_dataset(data.x_train, data.y_train, num_classes, plan.batch_size, seed, augment, repeat=True)
-    test = lr_finder.range_test(model, train, lambda probe, lr: compile_model(probe, params, lr), params["auto"])
-    chosen = test.learning_rate
-    if distributed.is_multi_worker(model.distribute_strategy):
-        chosen = float(distributed.ChiefValues(model.distribute_strategy, is_chief())([chosen])[0].numpy())
-    log.info("learning rate %.3g: %s (%.1f s)", chosen, test.reason, test.seconds)
-    plan = with_learning_rate(plan, chosen, test.reason, test.summary())
-    if saved is not None:
-        save_learning_rate(saved, plan)
+        plan = replace(plan, restarts=kept.get("restarts", []), warnings=kept.get("warnings", plan.warnings))
+    elif plan.learning_rate is None and (is_chief() or not multi_worker):  # the other workers take the chief's
+        seed = int(params["seed"])
+        augment = online_augmentation(params["online_augment"], seed) if plan.online_augment else None
+        num_classes = len(data.class_names)
+        train = train_dataset(data.x_train, data.y_train, num_classes, plan.batch_size, seed, augment, repeat=True)
+        test = lr_finder.range_test(model, train, lambda probe, lr: compile_model(probe, params, lr), params["auto"])
+        log.info("learning rate %.3g: %s (%.1f s)", test.learning_rate, test.reason, test.seconds)
+        plan = with_learning_rate(plan, test.learning_rate, test.reason, test.summary())
+        if saved is not None:
+            save_learning_rate(saved, plan)
+    if multi_worker:  # every worker, whatever its own folder holds: the chief's rate and its stalled attempts
+        mine = [plan.learning_rate or 0.0, float(len(plan.restarts))]
+        rate, restarts = (
+            float(v.numpy()) for v in distributed.ChiefValues(model.distribute_strategy, is_chief())(mine)
+        )
+        if not is_chief():
+            stalled = [{"learning_rate": None, "stalled": "(the chief's attempt)"}] * round(restarts)
+            plan = replace(with_learning_rate(plan, rate, "the chief's"), restarts=stalled)
     return plan, test
 
 
@@ -361,6 +373,7 @@ def save_learning_rate(saved: Path, plan: TrainingPlan) -> None:
             "reason": reason,
             "lr_range_test": plan.lr_range_test,
             "restarts": plan.restarts,
+            "warnings": plan.warnings,
         },
     )
 
@@ -402,7 +415,8 @@ def fit_guarded(
         if not guard.stalled:
             return epoch_logger, plan
         tried.append({"learning_rate": plan.learning_rate, "stalled": guard.stalled})
-        rates = ", ".join(f"{t['learning_rate']:.3g}" for t in tried)
+        rates = ", ".join(f"{t['learning_rate']:.3g}" for t in tried if t["learning_rate"] is not None)
+        reset_progress(run_dir, history_path)  # first: a kill from here on restarts from the initial weights
         if len(tried) > int(stall["restarts"]):
             raise PipelineError(
                 f"TRAINING STALLED at every learning rate tried ({rates}): {guard.stalled}. No model is saved. "
@@ -431,7 +445,6 @@ def fit_guarded(
         )
         if saved is not None:
             save_learning_rate(saved, plan)
-        reset_progress(run_dir, history_path)
         from imgclf.models import is_pretrained_transfer, transfer_base
 
         if is_pretrained_transfer(params["model"], params):
@@ -557,7 +570,7 @@ def fit(
 
     num_classes = len(data.class_names)
     batch_size, epochs, seed = plan.batch_size, plan.epochs, int(params["seed"])
-    augment = online_augmentation(params["online_augment"], seed)
+    augment = online_augmentation(params["online_augment"], seed) if plan.online_augment else None
     train = train_dataset(data.x_train, data.y_train, num_classes, batch_size, seed, augment, repeat=True)
     val = eval_dataset(data.x_val, data.y_val, num_classes, batch_size)
     # In a terminal, Keras' progress bar shows progress within each epoch (an epoch can be a minute);
@@ -619,6 +632,8 @@ def fit(
                     verbose=verbose,
                     shuffle=False,  # the dataset shuffles itself (seeded); Keras would only warn about it
                 )
+        if any(getattr(callback, "stalled", None) for callback in extra_callbacks):
+            break  # a stalled phase is not done, and the next would train on it (fit_guarded restarts)
         if len(phases) > 1:
             with atomic_path(done_marker) as tmp:
                 model.save_weights(tmp)

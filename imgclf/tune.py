@@ -291,7 +291,7 @@ def enqueue_current(study: optuna.Study, train: dict, space: dict) -> None:
         if (
             current[key] not in spec["choices"]
             if "choices" in spec
-            else not spec["low"] <= current[key] <= spec["high"]
+            else not (isinstance(current[key], int | float) and spec["low"] <= current[key] <= spec["high"])
         )
     ]
     if outside:

@@ -33,7 +33,10 @@ def main(params, paths):
     parser.add_argument("--csv-column", default=params["csv_column"])
     parser.add_argument("--top-k", type=int, default=int(params["top_k"]))
     parser.add_argument(
-        "--allow-unfit", action="store_true", help="predict even with a model evaluate found not fit to ship"
+        "--allow-unfit",
+        action="store_true",
+        default=params["allow_unfit"],
+        help="predict even with a model evaluate found not fit to ship (predict.allow_unfit)",
     )
     args = parser.parse_args()
 
@@ -51,10 +54,11 @@ def main(params, paths):
             f"the model is not fit to ship: {unfit} (reports/eval/summary.md; --allow-unfit to use it anyway)"
         )
     elif unfit:  # the pipeline's predict split: every row says why, and the experiment keeps its metrics
-        log.error("NOT FIT TO SHIP: %s. No predictions: each row of %s says so", unfit, paths.predict_output)
+        output = args.output or paths.predict_output
+        log.error("NOT FIT TO SHIP: %s. No predictions: each row of %s says so", unfit, output)
         table = predict_split(None, paths, card["labels"], args.top_k, refuse=f"model not fit to ship: {unfit}")
-        write_csv(paths.predict_output, table)
-        return [paths.predict_output]
+        write_csv(output, table)
+        return [output]
     classifier = load_classifier(model_path)
     if args.inputs:
         items = collect(args.inputs, args.csv_column)

@@ -30,7 +30,9 @@ def main(params, paths):
     predictions = pd.read_csv(require(paths.predictions, "evaluate"), dtype=str, keep_default_na=False)
     verdict = read_json(require(paths.eval_verdict, "evaluate"))
     with tracking.training_run(paths):
-        if not verdict["fit_to_ship"]:
+        if not verdict["fit_to_ship"] and params["allow_unfit"]:
+            log.warning("promote.allow_unfit: promoting a model NOT FIT TO SHIP (%s)", verdict["reason"])
+        if not verdict["fit_to_ship"] and not params["allow_unfit"]:
             report = registry.refuse(MlflowClient(), registered["name"], str(registered["version"]), verdict["reason"])
             alias = "refused"
         else:

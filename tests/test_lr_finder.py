@@ -21,14 +21,18 @@ def test_the_rate_at_the_lowest_smoothed_loss_before_divergence_divided():
     # a loss that falls until 1e-2, then climbs and explodes: the textbook range-test curve
     x = np.log10(rates)
     losses = list(2.3 - 1.5 * np.exp(-((x + 2) ** 2) / 0.8) + np.where(x > -1, 10 ** (3 * (x + 1)), 0))
-    chosen, reason, used = lr_finder.suggest(rates, losses, divisor=10, diverge_factor=4)
+    chosen, reason, used, at = lr_finder.suggest(rates, losses, divisor=10, diverge_factor=4)
     lowest = rates[int(np.argmin(lr_finder.smooth(losses)[:used]))]
+    assert rates[at] == lowest
     assert chosen == pytest.approx(lowest / 10)
     assert 1e-3 < lowest < 3e-2  # the smoothing lags a little behind the true minimum at 1e-2
     assert used < len(rates) and "diverged" in reason
     # NaN ends the usable part of the sweep like a divergence does
     with_nan = losses[:60] + [math.nan] * 40
-    assert lr_finder.suggest(rates, with_nan, 10, 4)[2] == 60
+    _, _, used, at = lr_finder.suggest(rates, with_nan, 10, 4)
+    assert used == 60 and at < 60
+    test = lr_finder.RangeTest(list(rates), with_nan, lr_finder.smooth(with_nan), 0.001, "", 1.0, best_step=at)
+    assert test.summary()["lr_at_min_loss"] == rates[at] and math.isfinite(test.summary()["min_smoothed_loss"])
 
 
 def test_a_test_that_diverges_at_once_is_one_clear_line():

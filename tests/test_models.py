@@ -95,6 +95,21 @@ def test_simple_cnn_size_stays_bounded_as_images_grow():
     assert counts[28] < 300_000
     assert max(counts.values()) < 1_000_000
     assert counts[224] <= counts[64] * 1.2  # the stem keeps the large inputs' head the 64 px one's
-    model = build_model("simple_cnn", (224, 224, 3), 5, train)
+    flat = shipped("train", simple_cnn={"pooling": "flatten"})  # the bound holds even without averaging
+    model = build_model("simple_cnn", (224, 224, 3), 5, flat)
     flatten = next(layer for layer in model.layers if isinstance(layer, keras.layers.Flatten))
     assert flatten.output.shape[-1] <= 4 * 4 * train["simple_cnn"]["max_width"]
+
+
+def test_pooling_auto_flattens_thumbnails_and_averages_photos():
+    train = shipped("train")
+    assert train["simple_cnn"]["pooling"] == "auto"
+
+    def head(side):
+        model = build_model("simple_cnn", (side, side, 3), 5, train)
+        return {type(layer).__name__ for layer in model.layers} & {"Flatten", "GlobalAveragePooling2D"}
+
+    assert head(28) == head(32) == {"Flatten"}  # Fashion-MNIST's network, as it was tuned
+    assert head(64) == head(224) == {"GlobalAveragePooling2D"}
+    pinned = shipped("train", simple_cnn={"pooling": "flatten"})
+    assert {type(layer).__name__ for layer in build_model("simple_cnn", (64, 64, 3), 5, pinned).layers} >= {"Flatten"}

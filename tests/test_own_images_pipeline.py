@@ -22,6 +22,8 @@ def _own_params(root, source):
         validate={"min_edge": 64, "min_per_class": 10, "near_duplicate_distance": 4},
         preprocess={"image_size": 32, "color_mode": "rgb", "val_fraction": 0.15, "test_fraction": 0.15},
         train={"epochs": 2, "batch_size": 32},
+        predict={"allow_unfit": True},  # two epochs on 90 shapes: a pipeline test, not a model to ship
+        promote={"allow_unfit": True},
         export={
             "variants": ["float32", "int8"],
             "calibration_samples": 50,

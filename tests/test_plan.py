@@ -72,3 +72,14 @@ def test_mlflow_params_carry_the_choices():
 def test_bad_values_are_one_line_errors(key, value):
     with pytest.raises(PipelineError, match=f"train.{key}"):
         plan_training({**SHIPPED, key: value}, n_train=100, val_labels=_val(10, 2), num_classes=2)
+
+
+def test_online_augmentation_is_on_for_small_sets_only_unless_set():
+    photos = plan_training(SHIPPED, n_train=474, val_labels=_val(5, 6), num_classes=6)
+    assert photos.epochs == 67 and photos.online_augment and photos.reasons["online_augment"].startswith("auto: on")
+    fashion = plan_training(SHIPPED, n_train=106_000, val_labels=_val(700, 10), num_classes=10)
+    assert fashion.epochs == 8 and not fashion.online_augment  # the network and recipe it was tuned with
+    always = {**SHIPPED, "online_augment": {**SHIPPED["online_augment"], "when": "always"}}
+    assert plan_training(always, n_train=106_000, val_labels=_val(700, 10), num_classes=10).online_augment
+    never = {**SHIPPED, "online_augment": {**SHIPPED["online_augment"], "when": "never"}}
+    assert not plan_training(never, n_train=474, val_labels=_val(5, 6), num_classes=6).online_augment

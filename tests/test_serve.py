@@ -53,6 +53,8 @@ def build_model_dir(folder: Path) -> Path:
             "stem_size": 64,
             "final_size": 7,
             "max_width": 64,
+            "pooling": "flatten",
+            "flatten_max_size": 32,
             "dense": 32,
             "dropout": [0.1, 0.1],
             "l2": 0.0,

@@ -18,7 +18,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def prepared(repo_copy, fashion_mnist_dir):
     """Data stages done on 100 images per class and split; training kept short."""
-    set_params(repo_copy, ingest={"limit": 100}, validate={"min_per_class": 20}, train={"epochs": 6, "batch_size": 64})
+    set_params(
+        repo_copy,
+        ingest={"limit": 100},
+        validate={"min_per_class": 20},
+        train={"epochs": 6, "batch_size": 64},
+        predict={"allow_unfit": True},  # a short training: these tests are about the stages, not the model
+    )
     run(["dvc", "repro", "augment"], repo_copy)
     return repo_copy
 
@@ -128,6 +134,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert card["verdict"] == {k: read_json(paths.eval_verdict)[k] for k in ("fit_to_ship", "reason")}
     card["verdict"] = {"fit_to_ship": False, "reason": "test accuracy 0.1000 is not above chance"}
     paths.tflite_meta.write_text(json.dumps(card))
+    set_params(prepared, predict={"allow_unfit": False})
     refused = run([sys.executable, "stages/predict.py", "unlabeled", "--output", "out/refused.csv"], prepared, False)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "predict: error: the model is not fit to ship: test accuracy 0.1000 is not above chance" in refused.stderr
