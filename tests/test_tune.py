@@ -45,6 +45,24 @@ def test_a_bad_search_space_fails_before_any_training_with_one_line(space, messa
         tune.check_space(shipped("train"), space)
 
 
+def test_learning_rate_auto_is_outside_the_space_so_the_first_trial_is_drawn(caplog):
+    """The shipped train.learning_rate is auto (a range test), which no search range contains."""
+
+    class Study:
+        def __init__(self):
+            self.enqueued = []
+
+        def enqueue_trial(self, values):
+            self.enqueued.append(values)
+
+    space, study = shipped("tune")["space"], Study()
+    with caplog.at_level("INFO", logger="imgclf.tune"):
+        tune.enqueue_current(study, shipped("train"), space)
+    assert study.enqueued == [] and "train.learning_rate outside tune.space" in caplog.text
+    tune.enqueue_current(study, shipped("train", learning_rate=0.0087), space)
+    assert study.enqueued[0]["train.learning_rate"] == 0.0087
+
+
 def test_the_subset_is_stratified_seeded_and_in_the_arrays_order():
     y = np.repeat(np.arange(4), [100, 50, 30, 20])
     x = np.arange(len(y))
@@ -64,6 +82,7 @@ def test_a_three_trial_search_gives_a_parent_run_three_child_runs_and_the_best_p
         ingest={"limit": 20},
         validate={"min_per_class": 10},
         tune={"trials": 3, "epochs": 2, "max_train_images": 200, "max_val_images": 100},
+        train={"learning_rate": 0.0087},  # a number inside tune.space: trial 0 is then params.yaml as it is
     )
     run(["dvc", "repro", "augment"], root)
     run(["git", "add", "-A"], root)
@@ -77,7 +96,8 @@ def test_a_three_trial_search_gives_a_parent_run_three_child_runs_and_the_best_p
     assert best["trials"]["complete"] + best["trials"]["pruned"] == 3
     assert set(best["params"]) == set(shipped("tune")["space"])
     first = table.loc[0, [f"params_{key}" for key in best["params"]]]  # trial 0: params.yaml as it is
-    assert list(first) == pytest.approx([tune._get(shipped("train"), key) for key in best["params"]])
+    current = shipped("train", learning_rate=0.0087)
+    assert list(first) == pytest.approx([tune._get(current, key) for key in best["params"]])
     complete = table[table["state"] == "COMPLETE"]  # a pruned trial's value is its last epoch's
     assert best["best_value"] == pytest.approx(complete["value"].max())  # ties: any trial with the best value
     assert table.loc[table["number"] == best["best_trial"], "value"].item() == pytest.approx(best["best_value"])
