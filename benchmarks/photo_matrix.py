@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,10 +48,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import pandas as pd
-import yaml
 from scipy.stats import binom
 
-from benchmarks.photo_sets import STAGE_DONE, failure_line, flatten, fmt, merge, read_json, read_results
+from benchmarks.photo_sets import STAGE_DONE, bench_env, flatten, fmt, read_json, read_results, timed_repro
 from imgclf.io import write_json, write_text
 from imgclf.paths import layout
 from tests.photos import FINE_CLASSES, TEXTURE_CLASSES, fine_set, photo_set, skimage_classes, texture_set, truth_path
@@ -137,26 +135,11 @@ def training_reports(root: Path) -> dict:
 def run_cell(cell: dict, source: Path, workdir: Path, env: dict, timeout: float, tag: str) -> dict:
     """A fresh pipeline copy on ``source`` with this cell's size and colour; ``dvc repro``; what it measured."""
     root = new_repository(workdir / "repo")
-    params = yaml.safe_load((root / "params.yaml").read_text())
     params_set = {
         "ingest": {"source": str(source)},
         "preprocess": {"image_size": cell["size"], "color_mode": cell["color"]},
     }
-    merge(params, params_set)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**env, "PYTHONPATH": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-
-    print(f"{tag} dvc repro in {root} ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-        repro = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-        status = "ok" if repro.returncode == 0 else f"failed: {failure_line(repro.stderr)}"
-        output = repro.stdout + repro.stderr
-    except subprocess.TimeoutExpired as expired:
-        status = f"failed: dvc repro ran past --timeout {timeout:.0f} s"
-        output = (expired.stdout or b"").decode(errors="replace") + (expired.stderr or b"").decode(errors="replace")
-    seconds = time.perf_counter() - start
-    (workdir / "repro.log").write_text(output)
+    status, seconds, output = timed_repro(root, params_set, env, timeout, workdir, tag)
     results = {**read_results(root, truth_path(source)), **training_reports(root)}
     row = {
         **cell,
@@ -257,15 +240,7 @@ def main() -> None:
     if args.seeds < 1 or args.test_n < 1 or min(axes["per_class"]) < 1 or min(axes["sizes"]) < 1:
         parser.error("--seeds, --test-n, --per-class and --sizes must be positive")
 
-    venv_bin = REPO_ROOT / ".venv" / "bin"
-    bin_dir = venv_bin if venv_bin.is_dir() else Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "TQDM_DISABLE": "1",
-    }
+    env = bench_env()
     if args.cells:
         try:
             explicit = [

@@ -117,16 +117,30 @@ def predict_accuracy(predictions: Path, truth: Path) -> dict | None:
     return {"correct": correct, "n": len(table), "errors": errors, "accuracy": round(correct / len(table), 4)}
 
 
-def run_set(name: str, spec: dict, workdir: Path, env: dict, timeout: float) -> dict:
-    """Generate one set, run the pipeline on it in a fresh copy, read back what it measured."""
-    source = photo_set(workdir / "photos", **spec["args"])
-    root = new_repository(workdir / "repo")
+def bench_env() -> dict:
+    """The environment every ``dvc repro`` of a benchmark runs in: the venv's tools first, quiet logs."""
+    venv_bin = REPO_ROOT / ".venv" / "bin"
+    bin_dir = venv_bin if venv_bin.is_dir() else Path(sys.executable).parent
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TQDM_DISABLE": "1",
+    }
+
+
+def timed_repro(
+    root: Path, updates: dict, env: dict, timeout: float, workdir: Path, tag: str
+) -> tuple[str, float, str]:
+    """``updates`` merged into ``root``'s params.yaml, then ``dvc repro`` there, timed: (status, seconds,
+    output); the output also goes to ``workdir``/repro.log. A failure or a timeout is a status, not a crash."""
     params = yaml.safe_load((root / "params.yaml").read_text())
-    merge(params, {"ingest": {"source": str(source)}, **PHOTO_PARAMS})
+    merge(params, updates)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**env, "PYTHONPATH": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
 
-    print(f"[{name}] dvc repro in {root} ...", file=sys.stderr, flush=True)
+    print(f"{tag} dvc repro in {root} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         repro = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
@@ -137,6 +151,15 @@ def run_set(name: str, spec: dict, workdir: Path, env: dict, timeout: float) -> 
         output = (expired.stdout or b"").decode(errors="replace") + (expired.stderr or b"").decode(errors="replace")
     seconds = time.perf_counter() - start
     (workdir / "repro.log").write_text(output)
+    return status, seconds, output
+
+
+def run_set(name: str, spec: dict, workdir: Path, env: dict, timeout: float) -> dict:
+    """Generate one set, run the pipeline on it in a fresh copy, read back what it measured."""
+    source = photo_set(workdir / "photos", **spec["args"])
+    root = new_repository(workdir / "repo")
+    updates = {"ingest": {"source": str(source)}, **PHOTO_PARAMS}
+    status, seconds, output = timed_repro(root, updates, env, timeout, workdir, f"[{name}]")
     print(f"[{name}] {status} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     return {
         "set": name,
@@ -250,15 +273,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(known)}")
 
-    venv_bin = REPO_ROOT / ".venv" / "bin"
-    bin_dir = venv_bin if venv_bin.is_dir() else Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "TQDM_DISABLE": "1",
-    }
+    env = bench_env()
     tmp = Path(tempfile.mkdtemp(prefix="imgclf-photo-sets-"))
     rows = []
     try:
