@@ -24,8 +24,8 @@ import pandas as pd
 import tensorflow as tf
 
 from imgclf import distributed
-from imgclf.io import PipelineError, atomic_path
-from imgclf.plan import TrainingPlan
+from imgclf.io import PipelineError, atomic_path, read_json, write_json
+from imgclf.plan import TrainingPlan, with_learning_rate
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -202,6 +202,13 @@ def optimizer(params: dict, lr) -> keras.optimizers.Optimizer:
     raise PipelineError(f"train.optimizer must be adam, adamw, sgd or rmsprop, got {name!r}")
 
 
+def compile_for_plan(model: keras.Model, params: dict, plan: TrainingPlan) -> None:
+    """Compile ``model`` for its first phase at the plan's (resolved) learning rate, under its strategy."""
+    steps = plan.steps_per_epoch * first_phase_epochs(params, plan)
+    with model.distribute_strategy.scope():  # the optimizer must belong to the model's strategy
+        compile_model(model, params, learning_rate(params, steps, plan.learning_rate))
+
+
 def compile_model(model: keras.Model, params: dict, lr) -> None:
     """Categorical cross-entropy on one-hot targets (the input pipeline one-hots), so label smoothing works."""
     model.compile(
@@ -331,8 +338,6 @@ def resolve_learning_rate(
     decision, so a resumed training keeps its rate and skips the test; a restart after a stall writes
     its lower rate there too. In a multi-worker training every worker takes the chief's rate."""
     from imgclf import lr_finder
-    from imgclf.io import read_json
-    from imgclf.plan import with_learning_rate
 
     multi_worker = distributed.is_multi_worker(model.distribute_strategy)
     test = None
@@ -363,8 +368,6 @@ def resolve_learning_rate(
 
 
 def save_learning_rate(saved: Path, plan: TrainingPlan) -> None:
-    from imgclf.io import write_json
-
     reason = plan.reasons["learning_rate"]
     write_json(
         saved,
@@ -404,8 +407,6 @@ def fit_guarded(
     ``stall.lr_divisor``, up to ``stall.restarts`` times; then it fails. Returns the epoch logger and
     the plan as it ended (its learning rate and ``restarts``). ``model`` must be compiled with
     ``plan.learning_rate``."""
-    from imgclf.plan import with_learning_rate
-
     stall = params["stall"]
     initial = model.get_weights()
     tried = [*plan.restarts]
@@ -450,12 +451,7 @@ def fit_guarded(
         if is_pretrained_transfer(params["model"], params):
             transfer_base(model).trainable = False  # a stall in fine-tuning restarts at the frozen phase
         model.set_weights(initial)
-        with model.distribute_strategy.scope():
-            compile_model(
-                model,
-                params,
-                learning_rate(params, plan.steps_per_epoch * first_phase_epochs(params, plan), plan.learning_rate),
-            )
+        compile_for_plan(model, params, plan)
 
 
 def underfit_warning(history: pd.DataFrame, params: dict, plan: TrainingPlan) -> str | None:
@@ -518,7 +514,7 @@ def clear_backup(backup_root: Path, keep: str | None = None) -> None:
 
 def load_train_data(paths, use_augmented: bool) -> TrainData:
     """Training = the preprocessed train split plus, if wanted, augment's copies; val as preprocessed."""
-    from imgclf.io import read_json, require
+    from imgclf.io import require
     from imgclf.shards import read_sharded, read_split
 
     x_train, y_train = read_split(paths, "train", empty="check reports/validation.md and ingest.limit")

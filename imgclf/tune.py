@@ -346,8 +346,7 @@ def objective_for(study: optuna.Study, data: training.TrainData, train: dict, tu
             plan = plan_training(params, len(data.x_train), data.y_val, n_classes)
             model = build_model(params["model"], data.x_train.shape[1:], n_classes, params)
             plan, _ = training.resolve_learning_rate(model, data, params, plan)  # a range test when not searched
-            steps = plan.steps_per_epoch * training.first_phase_epochs(params, plan)
-            training.compile_model(model, params, training.learning_rate(params, steps, plan.learning_rate))
+            training.compile_for_plan(model, params, plan)
             mlflow.log_params(plan.mlflow_params())
             callbacks = [tracking.EpochMetrics(), KerasPruningCallback(trial, metric)]
             started = time.perf_counter()

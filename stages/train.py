@@ -68,11 +68,7 @@ def main(params, paths):
         model = build_model(params["model"], data.x_train.shape[1:], len(data.class_names), params)
     # learning_rate: auto is a range test on a copy of this model (kept in run_dir for a resumed training)
     plan, range_test = training.resolve_learning_rate(model, data, params, plan, run_dir / "learning_rate.json")
-    with strategy.scope():
-        lr = training.learning_rate(
-            params, plan.steps_per_epoch * training.first_phase_epochs(params, plan), plan.learning_rate
-        )
-        training.compile_model(model, params, lr)
+    training.compile_for_plan(model, params, plan)
     setup = training.describe_setup(strategy, precision)
     log.info("model %s: %d parameters; %s", model.name, model.count_params(), setup)
 
