@@ -120,7 +120,7 @@ def training_reports(root: Path) -> dict:
         if "accuracy" in history.columns and len(history):
             train_accuracy = float(history["accuracy"].iloc[-1])
     plan = read_json(paths.train_reports / "plan.json") or {}
-    metrics = read_json(paths.metrics) or {}
+    metrics = read_json(paths.eval_detail) or {}
     ship = read_json(paths.eval_verdict) or {}
     return {
         "train_accuracy": train_accuracy,

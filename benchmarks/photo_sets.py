@@ -176,7 +176,7 @@ def run_set(name: str, spec: dict, workdir: Path, env: dict, timeout: float) -> 
 def read_results(root: Path, truth: Path) -> dict:
     """What a (possibly failed) ``dvc repro`` in ``root`` left: every missing file or key is None."""
     paths = layout(root)
-    metrics = read_json(paths.metrics) or {}
+    metrics = read_json(paths.eval_detail) or {}  # the detail: per class, the baseline's macro F1
     test = metrics.get("test") or {}
     baseline = metrics.get("baseline") or {}
     per_class = test.get("per_class") or {}

@@ -67,7 +67,7 @@ def run_ours(quick: bool, env: dict, workdir: Path) -> dict:
     _, noop = sh(["dvc", "repro"], root, env)
     paths = layout(root)
     history = pd.read_csv(paths.history)
-    metrics = json.loads(paths.metrics.read_text())["test"]
+    metrics = json.loads(paths.eval_detail.read_text())["test"]
     export = json.loads(paths.export_report.read_text())
     return {
         "stages_s": stages,

@@ -173,28 +173,84 @@ def accuracy_gate(report: dict, max_drop: float, alpha: float) -> tuple[list[str
     10,000, 80 images lost and 20 gained (0.6 points) come with p far below ``alpha``. Both
     conditions must hold to fail; a large drop that is not significant is passed with a note.
     """
+    failures, notes = [], []
+    for name, (reason, note) in _variant_verdicts(report, max_drop, alpha).items():
+        if reason:
+            failures.append(f"{name} {reason}")
+        if note:
+            notes.append(f"{name} {note}")
+    return failures, notes
+
+
+def _variant_verdicts(report: dict, max_drop: float, alpha: float) -> dict[str, tuple[str | None, str | None]]:
+    """Per variant: (why it fails the gate or None, a note for a drop too noisy to judge or None)."""
     from imgclf.metrics import is_significant_drop
 
-    failures, notes = [], []
+    verdicts = {}
     for name, v in report["variants"].items():
         low, high = v["drop_ci95"]
         described = (
-            f"{name} accuracy {v['accuracy']:.4f} is {v['accuracy_drop']:.4f} below Keras' "
+            f"accuracy {v['accuracy']:.4f} is {v['accuracy_drop']:.4f} below Keras' "
             f"{report['keras_accuracy']:.4f} on {report['test_samples']} images ({v['images_lost']} lost, "
             f"{v['images_gained']} gained; 95% CI {low:.4f}..{high:.4f}, McNemar p {v['drop_p_value']:.2g}"
         )
         comparison = {"accuracy_drop": v["accuracy_drop"], "p_value": v["drop_p_value"]}
         if is_significant_drop(comparison, max_drop, alpha):
-            failures.append(f"{described}; export.max_accuracy_drop {max_drop}, export.significance {alpha})")
+            verdicts[name] = (f"{described}; export.max_accuracy_drop {max_drop}, export.significance {alpha})", None)
         elif v["accuracy_drop"] > max_drop + 1e-12:
-            notes.append(f"{described}): passed, the test set is too small to tell this drop from noise")
-    return failures, notes
+            verdicts[name] = (None, f"{described}): passed, the test set is too small to tell this drop from noise")
+        else:
+            verdicts[name] = (None, None)
+    return verdicts
 
 
-def model_card(preprocess_meta: dict, files: dict[str, Path], card_folder: Path, verdict: dict | None = None) -> dict:
+def bless(report: dict, max_drop: float, alpha: float) -> tuple[dict, list[str]]:
+    """The report with each variant's verdict (``blessed`` true or false, and ``verdict``: why), and the
+    notes for drops too noisy to judge.
+
+    A gate that fails the stage erases the run: DVC keeps no metrics of a failed stage, so the
+    experiment cannot even be compared. As TFX's Evaluator blesses a model and its Pusher honours
+    the blessing, export records each variant's verdict and finishes; promote, predict and the
+    service honour it (``export.on_gate_failure: fail`` restores a failing stage)."""
+    verdicts = _variant_verdicts(report, max_drop, alpha)
+    variants = {}
+    for name, result in report["variants"].items():
+        reason, note = verdicts[name]
+        variants[name] = result | {
+            "blessed": reason is None,
+            "verdict": f"not blessed: {reason}" if reason else f"blessed: {note or 'no accuracy lost beyond noise'}",
+        }
+    notes = [f"{name} {note}" for name, (_, note) in verdicts.items() if note]
+    return report | {"variants": variants}, notes
+
+
+def shipped_headline(report: dict, variant: str) -> dict:
+    """``reports/shipped.json``, a DVC metric: the numbers of the variant the service ships
+    (``serve.variant``), blessed as 1 or 0; all zeros but ``blessed`` when it was not exported."""
+    v = report["variants"].get(variant)
+    if v is None:
+        return {"blessed": 0, "exported": 0}
+    return {
+        "accuracy": v["accuracy"],
+        "accuracy_drop": v["accuracy_drop"],
+        "size_kb": round(v["size_bytes"] / 1024, 1),
+        "latency_ms": v["latency_ms_p50"],
+        "blessed": int(bool(v["blessed"])),
+        "exported": 1,
+    }
+
+
+def model_card(
+    preprocess_meta: dict,
+    files: dict[str, Path],
+    card_folder: Path,
+    verdict: dict | None = None,
+    unblessed: dict[str, str] | None = None,
+) -> dict:
     """The label list and input contract, written beside the .tflite files for apps, ``predict`` and the
     service; ``variants`` gives each file relative to the card (``model_int8.tflite``, ``../onnx/model.onnx``);
-    ``verdict``: evaluate's (is the model fit to ship), which travels with the files into the registry."""
+    ``verdict``: evaluate's (is the model fit to ship), which travels with the files into the registry;
+    ``unblessed``: the variants export's accuracy gate did not bless, with why."""
     card = {
         "labels": preprocess_meta["class_names"],
         "input": {
@@ -210,6 +266,7 @@ def model_card(preprocess_meta: dict, files: dict[str, Path], card_folder: Path,
     }
     if verdict is not None:
         card["verdict"] = {"fit_to_ship": bool(verdict["fit_to_ship"]), "reason": verdict["reason"]}
+    card["unblessed"] = dict(unblessed or {})
     return card
 
 
@@ -220,3 +277,19 @@ def unfit_reason(card: dict) -> str | None:
     if verdict.get("fit_to_ship", True):
         return None
     return str(verdict.get("reason") or "evaluate found it not fit to ship")
+
+
+# Which variant to fall back to when the one asked for is not blessed: the float ones lose nothing by design.
+FALLBACK_ORDER = ("float32", "float16", "dynamic", "int8", "onnx")
+
+
+def unblessed_reason(card: dict, variant: str) -> str | None:
+    """Why export's gate did not bless ``variant`` (it lost accuracy beyond noise), or None. A card
+    written before blessings existed has none: every variant is taken as blessed."""
+    return (card.get("unblessed") or {}).get(variant)
+
+
+def blessed_fallback(card: dict) -> str | None:
+    """The first blessed variant the card lists, in :data:`FALLBACK_ORDER`, or None."""
+    listed = card.get("variants") or {}
+    return next((v for v in FALLBACK_ORDER if v in listed and not unblessed_reason(card, v)), None)

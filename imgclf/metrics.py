@@ -189,3 +189,66 @@ def evaluation_summary(metrics: dict, versus: dict, plan: dict | None, ship: dic
             *(f"- Warning: {warning}" for warning in plan["warnings"]),
         ]
     return "\n".join(lines) + "\n"
+
+
+# -- what DVC compares: a headline of numbers, and the curves behind the ROC and calibration plots --------
+
+HEADLINE_TEST_KEYS = ("accuracy", "macro_f1", "log_loss", "ece", "roc_auc_macro", "samples")
+
+
+def headline(
+    metrics: dict, versus: dict, verdict: dict, validation: dict | None, plan: dict | None, epochs_run: int | None
+) -> dict:
+    """``reports/metrics.json``: the dozen numbers people compare across runs (``dvc exp show``,
+    ``dvc metrics diff``), numbers only. The detail (per class, the baseline's p-value, the plan's
+    reasons) is in ``reports/eval/metrics.json``, which is git-tracked and not a DVC metric: 200 columns
+    of per-class figures and prose made ``dvc exp show`` unreadable.
+
+    ``fit_to_ship`` is 1 or 0 (evaluate's verdict); ``data`` the images kept and quarantined by
+    validate; ``train`` the learning rate the plan settled on (``auto`` in params says nothing), the
+    epochs it ran and the restarts after a stall."""
+    test = {key: metrics[key] for key in HEADLINE_TEST_KEYS if metrics.get(key) is not None}
+    top_k = next((key for key in metrics if key.startswith("top_") and key.endswith("_accuracy")), None)
+    if top_k and metrics[top_k] is not None:
+        test[top_k] = metrics[top_k]
+    result = {
+        "test": test,
+        "baseline": {"accuracy": versus["accuracy"]},
+        "fit_to_ship": int(bool(verdict["fit_to_ship"])),
+    }
+    if validation:
+        result["data"] = {"kept": int(validation["rows_kept"]), "quarantined": int(validation["rows_quarantined"])}
+    if plan:
+        result["train"] = {
+            "learning_rate": float(f"{plan['learning_rate']:.4g}"),
+            "epochs": int(epochs_run if epochs_run is not None else plan["epochs"]),
+            "restarts": len(plan.get("restarts") or []),
+        }
+    return result
+
+
+def roc_points(y_true: np.ndarray, proba: np.ndarray, points: int = 101) -> dict[str, list]:
+    """The micro-averaged ROC curve (every image, every class one-vs-rest) on a fixed grid of false
+    positive rates: a small, deterministic table for ``dvc plots`` whatever the test set's size."""
+    y_true = np.asarray(y_true)
+    onehot = np.eye(proba.shape[1])[y_true]
+    fpr, tpr, _ = skm.roc_curve(onehot.ravel(), proba.ravel())
+    grid = np.linspace(0.0, 1.0, points)
+    return {"fpr": _rounded(grid.tolist()), "tpr": _rounded(np.interp(grid, fpr, tpr).tolist())}
+
+
+def reliability_points(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> dict[str, list]:
+    """The reliability curve behind the ECE (same equal-width bins): per non-empty bin of top-class
+    confidence, the mean confidence, the accuracy and the images in it."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows = {"confidence": [], "accuracy": [], "images": []}
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            rows["confidence"].append(float(confidence[in_bin].mean()))
+            rows["accuracy"].append(float(correct[in_bin].mean()))
+            rows["images"].append(int(in_bin.sum()))
+    return _rounded(rows)

@@ -285,9 +285,12 @@ class Export(Section):
     variants: Annotated[list[Variant], Field(min_length=1)] = describe("TFLite variants (and onnx) to write")
     calibration_samples: PositiveInt = describe("training images drawn to calibrate int8")
     seed: int = describe("calibration sample seed")
-    max_accuracy_drop: float = describe("fail when a variant's accuracy is this much below Keras'...")
+    max_accuracy_drop: float = describe("a variant is not blessed when its accuracy is this much below Keras'...")
     significance: Annotated[float, Field(gt=0)] = describe("... and McNemar's p is below this")
     latency_runs: PositiveInt = describe("batch-1 invokes timed per variant")
+    on_gate_failure: Literal["record", "fail"] = describe(
+        "record = write the variant, marked not blessed, and finish; fail = the stage fails (CI)"
+    )
 
 
 # predict

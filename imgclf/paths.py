@@ -133,7 +133,33 @@ class Layout:
     # evaluate
     @property
     def metrics(self) -> Path:
+        """The headline DVC compares (``dvc exp show``, ``dvc metrics diff``): a dozen numbers, no strings."""
         return self.root / "reports" / "metrics.json"
+
+    @property
+    def eval_detail(self) -> Path:
+        """Every evaluation figure (per class, the baseline's test): git-tracked, not a DVC metric."""
+        return self.eval_reports / "metrics.json"
+
+    @property
+    def eval_history(self) -> Path:
+        """train's epoch history, copied into git: ``dvc plots diff <rev>`` needs no ``dvc pull``."""
+        return self.eval_reports / "history.csv"
+
+    @property
+    def eval_training(self) -> Path:
+        """The MLflow run (ids) and the training plan (with its reasons) this evaluation is of, in git."""
+        return self.eval_reports / "training.json"
+
+    @property
+    def roc_points(self) -> Path:
+        """The micro-averaged ROC curve on a fixed grid, for ``dvc plots``."""
+        return self.eval_reports / "roc.csv"
+
+    @property
+    def reliability_points(self) -> Path:
+        """The reliability (calibration) curve behind the ECE, for ``dvc plots``."""
+        return self.eval_reports / "calibration.csv"
 
     @property
     def eval_reports(self) -> Path:
@@ -180,7 +206,13 @@ class Layout:
 
     @property
     def export_report(self) -> Path:
+        """Every variant's verification and verdict (``blessed``): git-tracked, not a DVC metric."""
         return self.root / "reports" / "export.json"
+
+    @property
+    def shipped_metrics(self) -> Path:
+        """The headline of the variant the service ships (``serve.variant``): a DVC metric."""
+        return self.root / "reports" / "shipped.json"
 
     # predict
     @property

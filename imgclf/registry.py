@@ -98,9 +98,18 @@ def _aliased(client, name: str, alias: str):
         return None
 
 
-def promote(client, name: str, version: str, predictions: pd.DataFrame, min_gain: float, significance: float) -> dict:
+def promote(
+    client,
+    name: str,
+    version: str,
+    predictions: pd.DataFrame,
+    min_gain: float,
+    significance: float,
+    blocked: str | None = None,
+) -> dict:
     """Set ``candidate`` on ``version`` (unless a newer version holds it: a rerun for an older model,
-    say after an evaluate-only change, must not move it back), decide on ``champion``, return the report."""
+    say after an evaluate-only change, must not move it back), decide on ``champion``, return the report.
+    ``blocked``: why it may not be champion whatever its accuracy (the variant it would ship is not blessed)."""
     newest = _aliased(client, name, CANDIDATE)
     if newest is None or int(newest.version) <= int(version):
         client.set_registered_model_alias(name, CANDIDATE, version)
@@ -111,6 +120,9 @@ def promote(client, name: str, version: str, predictions: pd.DataFrame, min_gain
         decision = Decision(False, f"the champion (version {current.version}) has no test predictions to compare")
     else:
         decision = decide(candidate, champion, min_gain, significance)
+    if blocked:
+        client.set_model_version_tag(name, version, "blessed", "false")
+        decision = Decision(False, f"not champion: {blocked} (otherwise: {decision.reason})", decision.comparison)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     return {

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -40,7 +40,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from imgclf.export import VARIANTS, unfit_reason  # TensorFlow only loads inside its converter
+from imgclf.export import (  # TensorFlow only loads inside its converter
+    VARIANTS,
+    blessed_fallback,
+    unblessed_reason,
+    unfit_reason,
+)
 from imgclf.images import COLOR_MODES, ImageError, decode, prepare, read_header
 from imgclf.io import read_json
 from imgclf.runtime import load_classifier
@@ -195,6 +200,23 @@ def load_model(settings: Settings) -> LoadedModel:
             model, card, metrics = _local_files(settings)
         labels, size, mode = _card(card)
         unfit = unfit_reason(read_json(card))
+        chosen = "onnx" if model.suffix == ".onnx" else model.stem.removeprefix("model_")
+        unblessed = unblessed_reason(read_json(card), chosen)
+        by_name = not settings.model or spec.startswith(REGISTRY_SCHEMES)  # a path names one file: no fallback
+        fallback = blessed_fallback(read_json(card)) if unblessed and by_name and not settings.allow_unfit else None
+        if fallback:  # export's gate: this variant lost accuracy beyond noise; serve a blessed one, and say so
+            log.warning("variant %s is %s; serving %s instead", chosen, unblessed, fallback)
+            if cleanup:
+                shutil.rmtree(cleanup, ignore_errors=True)
+                cleanup = None
+            return load_model(replace(settings, variant=fallback))
+        if unblessed and not settings.allow_unfit:
+            raise ModelError(
+                f"{spec or model}: variant {chosen} is {unblessed}, and no other variant is blessed; "
+                "IMGCLF_ALLOW_UNFIT=1 serves it anyway"
+            )
+        if unblessed:
+            log.warning("serving variant %s, %s (IMGCLF_ALLOW_UNFIT)", chosen, unblessed)
         if unfit and not settings.allow_unfit:
             raise ModelError(
                 f"{spec or model} is not fit to ship: {unfit} (evaluate's verdict in its model card); "

@@ -1,4 +1,11 @@
-"""Stage export-tflite: the Keras model -> verified .tflite variants and ONNX, labels.txt and reports/export.json."""
+"""Stage export-tflite: the Keras model -> verified .tflite variants and ONNX, labels.txt, reports/export.json.
+
+Each variant's accuracy gate is a verdict, not an exit status (``export.on_gate_failure: record``):
+a variant that lost accuracy beyond noise is written, marked ``blessed: false`` with why in
+reports/export.json and the model card, and the stage finishes, so the experiment keeps its
+metrics. Promote, predict and the service honour the blessing. ``on_gate_failure: fail`` makes
+the stage fail instead (a CI pipeline that wants ``dvc repro`` to exit non-zero).
+"""
 
 import logging
 
@@ -7,6 +14,7 @@ import mlflow
 from imgclf import export, tracking
 from imgclf.io import PipelineError, read_json, write_json, write_text
 from imgclf.models import load_trained
+from imgclf.params import load_section
 from imgclf.shards import read_split
 from imgclf.stage import run_stage
 
@@ -46,10 +54,14 @@ def main(params, paths):
             result["latency_ms_p50"],
         )
 
+    report, notes = export.bless(report, float(params["max_accuracy_drop"]), float(params["significance"]))
+    unblessed = {name: v["verdict"] for name, v in report["variants"].items() if not v["blessed"]}
     write_text(paths.labels, "".join(f"{name}\n" for name in meta["class_names"]))
     verdict = read_json(paths.eval_verdict) if paths.eval_verdict.exists() else None
-    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite, verdict))
+    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite, verdict, unblessed))
     write_json(paths.export_report, report)
+    shipped = export.shipped_headline(report, load_section("serve")["variant"])  # what the service ships
+    write_json(paths.shipped_metrics, shipped)
     with tracking.training_run(paths):
         mlflow.log_artifacts(str(paths.tflite), "tflite")
         if paths.onnx_model.exists():
@@ -57,14 +69,23 @@ def main(params, paths):
         mlflow.log_artifact(str(paths.labels), "tflite")
         mlflow.log_artifact(str(paths.export_report), "tflite")
         for variant, result in report["variants"].items():
-            numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}
-            mlflow.log_metrics({f"tflite_{variant}_{k}": v for k, v in numbers.items()})
-    failures, notes = export.accuracy_gate(report, float(params["max_accuracy_drop"]), float(params["significance"]))
+            numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}  # blessed: 1 or 0
+            mlflow.log_metrics({f"tflite_{variant}_{k}": float(v) for k, v in numbers.items()})
+        mlflow.set_tag("shipped_variant_blessed", str(bool(shipped["blessed"])).lower())
     for note in notes:
         log.warning("%s", note)
-    if failures:
-        raise PipelineError(f"{len(failures)} variant(s) lost too much accuracy: {'; '.join(failures)}")
-    return [*files.values(), paths.labels, paths.export_report]
+    if unblessed:
+        failures = "; ".join(f"{name} {reason.removeprefix('not blessed: ')}" for name, reason in unblessed.items())
+        if params["on_gate_failure"] == "fail":
+            raise PipelineError(f"{len(unblessed)} variant(s) lost too much accuracy: {failures}")
+        log.error(
+            "NOT BLESSED: %d variant(s) lost too much accuracy (recorded in %s and the model card; promote, predict "
+            "and the service will not use them; export.on_gate_failure: fail fails the stage): %s",
+            len(unblessed),
+            paths.export_report.relative_to(paths.root),
+            failures,
+        )
+    return [*files.values(), paths.labels, paths.export_report, paths.shipped_metrics]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import logging
 import typing
 
-from imgclf.export import unfit_reason
+from imgclf.export import blessed_fallback, unblessed_reason, unfit_reason
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
 from imgclf.predict import collect, predict, predict_split
@@ -47,6 +47,15 @@ def main(params, paths):
         )
     card = read_json(paths.tflite_meta)
     unfit = unfit_reason(card)
+    unblessed = unblessed_reason(card, args.variant)
+    fallback = blessed_fallback(card) if unblessed and not args.allow_unfit else None
+    if fallback:  # export's gate: this variant lost accuracy beyond noise; a blessed one answers instead
+        log.warning("variant %s is %s; predicting with %s instead", args.variant, unblessed, fallback)
+        model_path = paths.exported_model(fallback)
+    elif unblessed and args.allow_unfit:
+        log.warning("predicting with variant %s, %s (--allow-unfit)", args.variant, unblessed)
+    elif unblessed and not unfit:
+        unfit = f"variant {args.variant} is {unblessed}, and no exported variant is blessed"
     if unfit and args.allow_unfit:
         log.warning("predicting with a model NOT FIT TO SHIP (--allow-unfit): %s", unfit)
     elif unfit and args.inputs:

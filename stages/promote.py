@@ -1,8 +1,9 @@
 """Stage promote: the new registered model version -> alias "candidate", and "champion" if it beats the champion.
 
-Runs after evaluate and export-tflite (their gates passed, or DVC would have stopped). A model that
-evaluate found not fit to ship (reports/eval/verdict.json: at chance, or below the baseline beyond
-noise) gets no alias at all. The decision, with the paired comparison behind it, goes to
+Runs after evaluate and export-tflite, and honours their verdicts: a model that evaluate found not
+fit to ship (reports/eval/verdict.json: at chance, or below the baseline beyond noise) gets no alias
+at all; one whose shipped variant (``serve.variant``) export did not bless (reports/shipped.json)
+is a candidate, never champion. The decision, with the paired comparison behind it, goes to
 reports/promotion.json and to the training's MLflow run.
 """
 
@@ -22,13 +23,19 @@ log = logging.getLogger(__name__)
 def main(params, paths):
     tracking.check_store(paths.root)  # a tracking server that is down fails here, before any write
     registered = read_json(require(paths.run_info, "train"))["registered_model"]
-    require(paths.export_report, "export-tflite")
+    shipped = read_json(require(paths.shipped_metrics, "export-tflite"))
     if not registered:
         write_json(paths.promotion, {"registered_model": None, "promote": False, "reason": "not registered"})
         log.info("nothing to promote: train.registered_model_name is null")
         return [paths.promotion]
     predictions = pd.read_csv(require(paths.predictions, "evaluate"), dtype=str, keep_default_na=False)
     verdict = read_json(require(paths.eval_verdict, "evaluate"))
+    unblessed = (
+        None if shipped["blessed"] else "its shipped variant (serve.variant) is not blessed: reports/export.json"
+    )
+    if unblessed and params["allow_unfit"]:
+        log.warning("promote.allow_unfit: %s; it may become champion all the same", unblessed)
+        unblessed = None
     with tracking.training_run(paths):
         if not verdict["fit_to_ship"] and params["allow_unfit"]:
             log.warning("promote.allow_unfit: promoting a model NOT FIT TO SHIP (%s)", verdict["reason"])
@@ -43,6 +50,7 @@ def main(params, paths):
                 predictions,
                 float(params["min_gain"]),
                 float(params["significance"]),
+                blocked=unblessed,
             )
             alias = registry.CHAMPION if report["promote"] else registry.CANDIDATE
         mlflow.set_tags({"promotion": alias, "promotion_reason": report["reason"]})

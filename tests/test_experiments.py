@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
@@ -57,8 +58,14 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     summary = run(["git", "show", f"{ref['code-change']}:reports/eval/summary.md"], root).stdout
     assert MARKER in summary  # the experiment's own copy of imgclf ran, not the workspace's
     assert MARKER not in (layout(root).eval_summary).read_text()
-    eval_only_run = run(["git", "show", f"{ref['eval-only']}:models/run.json"], root).stdout
-    assert baseline_run in eval_only_run  # not retrained: evaluate found the baseline's run in the store
+
+    # not retrained: the experiment's models/run.json (a DVC-cached out) is the baseline's, and evaluate
+    # found that run in the store
+    def run_json_hash(rev):
+        lock = yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], root).stdout)
+        return next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/run.json")
+
+    assert run_json_hash(ref["eval-only"]) == run_json_hash("HEAD")
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("imgclf")

@@ -1,5 +1,7 @@
 """Each .tflite variant against its Keras model, run with LiteRT on fresh random uint8 inputs."""
 
+from pathlib import Path
+
 import cv2
 import keras
 import numpy as np
@@ -143,3 +145,43 @@ def test_predict_on_a_folder_with_a_csv_and_a_corrupt_image(tmp_path, small_mode
     ok = table[table["error"].fillna("") == ""]
     assert len(ok) == 3 and ok["predicted_label"].isin([str(d) for d in range(10)]).all()
     assert (ok["probability"] >= ok["top2_probability"]).all() and (ok["top1_label"] == ok["predicted_label"]).all()
+
+
+def test_bless_records_each_variants_verdict_and_the_shipped_headline_is_numbers():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, 10_000)
+    keras_pred = np.where(rng.random(10_000) < 0.93, y, (y + 1) % 10)
+    int8_pred = keras_pred.copy()
+    right = np.flatnonzero(keras_pred == y)
+    int8_pred[right[:100]] = (y[right[:100]] + 2) % 10  # 100 lost: a real drop of 0.01
+    report = _gate_report(y, keras_pred, int8_pred)
+    report["variants"]["float32"] = _gate_report(y, keras_pred, keras_pred.copy())["variants"]["int8"]
+    for variant in report["variants"].values():
+        variant |= {"size_bytes": 2048, "latency_ms_p50": 0.25}
+    blessed, notes = export.bless(report, 0.005, 0.05)
+    assert "blessed" not in report["variants"]["int8"]  # a new report, the input untouched
+    assert blessed["variants"]["int8"]["blessed"] is False and not notes
+    assert blessed["variants"]["int8"]["verdict"].startswith("not blessed: accuracy 0.")
+    assert blessed["variants"]["float32"]["blessed"] is True
+    assert export.shipped_headline(blessed, "int8") == {
+        "accuracy": blessed["variants"]["int8"]["accuracy"],
+        "accuracy_drop": 0.01,
+        "size_kb": 2.0,
+        "latency_ms": 0.25,
+        "blessed": 0,
+        "exported": 1,
+    }
+    assert export.shipped_headline(blessed, "onnx") == {"blessed": 0, "exported": 0}
+
+    card = export.model_card(
+        {"class_names": ["a"], "input_shape": [8, 8, 1], "color_mode": "grayscale", "image_size": 8},
+        {"float32": Path("/m/tflite/model_float32.tflite"), "int8": Path("/m/tflite/model_int8.tflite")},
+        Path("/m/tflite"),
+        unblessed={"int8": blessed["variants"]["int8"]["verdict"]},
+    )
+    assert (
+        export.unblessed_reason(card, "int8").startswith("not blessed")
+        and export.unblessed_reason(card, "float32") is None
+    )
+    assert export.blessed_fallback(card) == "float32"
+    assert export.blessed_fallback(card | {"unblessed": {"int8": "x", "float32": "y"}}) is None

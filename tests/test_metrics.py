@@ -77,3 +77,32 @@ def test_binary_classification_metrics():
     assert result["accuracy"] == pytest.approx(0.8)
     assert result["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(y, proba[:, 1]))
     assert result["top_2_accuracy"] == 1.0  # k is capped at the number of classes
+
+
+def test_the_headline_is_a_dozen_numbers_and_the_plot_tables_are_small():
+    from imgclf.metrics import headline, reliability_points, roc_points
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 500)
+    proba = rng.dirichlet(np.ones(4), 500)
+    proba[np.arange(500), y] += 1.0
+    proba /= proba.sum(axis=1, keepdims=True)
+    metrics = classification_metrics(y, proba, ["a", "b", "c", "d"], top_k=3)
+    versus = {"accuracy": 0.5, "macro_f1": 0.5, "model": "logistic regression", "network_minus_baseline": 0.3}
+    plan = {"learning_rate": 0.0097252, "epochs": 20, "restarts": [{"learning_rate": 0.1}]}
+    validation = {"rows_kept": 600, "rows_quarantined": 3, "modes": {"L": 600}}
+    top = headline(metrics, versus, {"fit_to_ship": True, "reason": "fine"}, validation, plan, epochs_run=12)
+    assert top["test"]["accuracy"] == metrics["accuracy"] and top["test"]["top_3_accuracy"] == metrics["top_3_accuracy"]
+    assert top["fit_to_ship"] == 1 and top["data"] == {"kept": 600, "quarantined": 3}
+    assert top["train"] == {"learning_rate": 0.009725, "epochs": 12, "restarts": 1}
+
+    def leaves(tree):
+        return [v for value in tree.values() for v in (leaves(value) if isinstance(value, dict) else [value])]
+
+    assert len(leaves(top)) <= 15 and all(type(v) in (int, float) for v in leaves(top))
+
+    roc = roc_points(y, proba)
+    assert len(roc["fpr"]) == 101 and roc["tpr"][0] >= 0 and roc["tpr"][-1] == 1.0
+    assert all(a <= b for a, b in zip(roc["tpr"], roc["tpr"][1:], strict=False))  # a ROC curve never falls
+    curve = reliability_points(y, proba)
+    assert sum(curve["images"]) == 500 and all(0 <= a <= 1 for a in curve["accuracy"])

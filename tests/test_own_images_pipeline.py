@@ -79,7 +79,7 @@ def test_class_folder_layout_end_to_end_with_labelled_test_and_loose_files(repo_
     validation = read_json(paths.validation_report)
     assert validation["rows_in"] == 90 + 18 + 2 == validation["rows_kept"]
     assert validation["formats"] == {"JPEG": 56, "PNG": 54}
-    metrics = read_json(paths.metrics)["test"]
+    metrics = read_json(paths.eval_detail)["test"]  # per class: the detail
     assert sum(metrics["per_class"][c]["support"] for c in CLASSES) == 18  # the folder's own test split
     predictions = pd.read_csv(paths.predict_output, keep_default_na=False)
     assert predictions["image"].tolist() == ["test/loose_0.jpg", "test/loose_1.jpg"]

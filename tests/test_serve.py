@@ -263,6 +263,32 @@ def test_a_model_not_fit_to_ship_is_refused_unless_allowed(model_dir, tmp_path, 
     assert info["fit_to_ship"] is False and info["not_fit_reason"] == reason
 
 
+def test_an_unblessed_variant_falls_back_to_a_blessed_one_by_name_and_is_refused_by_path(
+    model_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    folder = tmp_path / "models" / "tflite"
+    folder.mkdir(parents=True)
+    for variant in ("int8", "float32"):
+        shutil.copy(model_dir / f"models/tflite/model_{variant}.tflite", folder)
+    card = json.loads((model_dir / "models/tflite/model_card.json").read_text())
+    card["variants"] = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
+    card["unblessed"] = {"int8": "not blessed: accuracy 0.6700 is 0.0800 below Keras' 0.7500 on 300 images"}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    monkeypatch.chdir(tmp_path)  # the workspace layout: models/tflite/model_<variant>.tflite
+    with TestClient(create_app(Settings(variant="int8", workers=1))) as by_name:
+        assert by_name.get("/v1/model").json()["variant"] == "float32"  # and the log says why
+    with pytest.raises(ModelError, match=r"variant int8 is not blessed: accuracy 0.6700 .* IMGCLF_ALLOW_UNFIT=1"):
+        with TestClient(create_app(Settings(model=str(folder / "model_int8.tflite")))):
+            pass
+    card["unblessed"]["float32"] = "not blessed: accuracy 0.7000"
+    (folder / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"variant int8 is not blessed: .* no other variant is blessed"):
+        with TestClient(create_app(Settings(variant="int8", workers=1))):
+            pass
+
+
 @needs_pipeline
 def test_a_served_prediction_equals_the_predict_stages_for_the_same_file(client, model_dir, pngs, tmp_path):
     from imgclf.predict import Item, predict

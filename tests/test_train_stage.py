@@ -5,6 +5,7 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
@@ -71,6 +72,18 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert {"eval/confusion_matrix.png", "eval/grad_cam.png", "eval/roc.png", "eval/metrics.json"} <= artifacts
     version = client.get_model_version(info["registered_model"]["name"], str(info["registered_model"]["version"]))
     assert version.run_id == info["run_id"]
+    assert {"eval/roc.csv", "eval/calibration.csv"} <= artifacts
+
+    # the DVC metrics are a headline of numbers (no strings, no booleans); the detail is beside them
+    headline = {}
+    for stage in yaml.safe_load((prepared / "dvc.yaml").read_text())["stages"].values():
+        for entry in stage.get("metrics", []):
+            name = next(iter(entry)) if isinstance(entry, dict) else entry
+            headline |= {f"{name}:{k}": v for k, v in _leaves(read_json(prepared / name)).items()}
+    assert 10 <= len(headline) <= 20, headline
+    assert all(type(v) in (int, float) for v in headline.values()), headline
+    assert headline["reports/metrics.json:test.accuracy"] == read_json(paths.eval_detail)["test"]["accuracy"]
+    assert "per_class" in read_json(paths.eval_detail)["test"]
 
     import mlflow
 
@@ -108,7 +121,18 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert set(report["variants"]) == {"float32", "float16", "dynamic", "int8", "onnx"}
     assert report["variants"]["float32"]["agreement"] >= 0.99
     assert (paths.labels).read_text().splitlines()[0] == "T-shirt/top"
+    assert all(v["blessed"] for v in report["variants"].values()), report
+    assert read_json(paths.shipped_metrics)["blessed"] == 1
+    # a gate that fails records its verdict and finishes (the run keeps its metrics); `fail` fails the stage
     set_params(prepared, export={"max_accuracy_drop": -1.0, "significance": 1.01})  # any drop, any p
+    recorded = run(["dvc", "repro", "export-tflite"], prepared)
+    assert "NOT BLESSED: 5 variant(s) lost too much accuracy" in recorded.stderr + recorded.stdout
+    report = read_json(paths.export_report)
+    assert not any(v["blessed"] for v in report["variants"].values())
+    assert report["variants"]["int8"]["verdict"].startswith("not blessed: accuracy")
+    assert read_json(paths.shipped_metrics)["blessed"] == 0
+    assert set(read_json(paths.tflite_meta)["unblessed"]) == set(report["variants"])
+    set_params(prepared, export={"max_accuracy_drop": -1.0, "significance": 1.01, "on_gate_failure": "fail"})
     failed = run(["dvc", "repro", "export-tflite"], prepared, check=False)
     assert failed.returncode != 0
     assert "export-tflite: error: 5 variant(s) lost too much accuracy: float32 accuracy" in failed.stderr
@@ -156,3 +180,14 @@ def _vega_values(spec) -> list[dict]:
 
     walk(spec)
     return found
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """{"test": {"accuracy": 0.9}} -> {"test.accuracy": 0.9}, the way DVC names metrics."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _leaves(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
