@@ -67,6 +67,12 @@ serve: setup
 tracking-server: setup
 	python -m imgclf.server
 
+# The MLflow UI on this repository's store, printing the link to the runs table with the test metrics
+# (python -m imgclf.ui; --port N: make ui UI_ARGS='--port 5001')
+.PHONY: ui
+ui: setup
+	python -m imgclf.ui $(UI_ARGS)
+
 # dvc push with the run cache and its outputs, so colleagues restore runs instead of redoing them
 push: setup
 	python -m imgclf.remote push
@@ -82,3 +88,9 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# The offline page for `dvc plots show/diff` (.dvc/plots/offline.html, committed): vega, vega-lite and
+# vega-embed inlined at the versions pinned in the script, fetched with npm; README: Plots offline
+.PHONY: plots-template
+plots-template:
+	python3 scripts/build_plots_template.py
