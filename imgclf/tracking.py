@@ -6,6 +6,8 @@ The tracking URI is ``MLFLOW_TRACKING_URI`` when set (a shared server), else
 when DVC sets it: a queued or ``--temp`` experiment runs in a temporary copy under
 ``.dvc/tmp/exps/`` that DVC deletes afterwards, and its runs must land in the workspace's store
 like every other run (and find the run that ``models/run.json`` names when it does not retrain).
+Processes that start together (``dvc queue start -j 2``) open a fresh store in turn, under a lock
+file beside it (``mlflow.db.lock``, :func:`store_lock`), so one creates its schema and the others find it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import math
 import os
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,25 +77,100 @@ def check_store(root: Path) -> str:
     return uri
 
 
+# The store's first use creates its schema (MLflow's tables, migrated to the installed version) and
+# the experiment. A local sqlite store does that in whichever process opens it first, and two processes
+# that open a fresh mlflow.db at the same moment (``dvc queue start -j 2``, two searches) both create it:
+# one fails in alembic ("table ... already exists"). They take turns under a lock file beside the database.
+# Creating the schema takes seconds; a lock held for minutes is a stuck process, reported, not waited on.
+STORE_LOCK_TIMEOUT_S = 300
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: Path, what: str, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing, never deleted) while the block
+    runs: one process at a time on this machine. The system releases it when its process dies, so a
+    killed holder never leaves it taken; a holder that hangs is a one-line error after ``timeout_s``."""
+    import fcntl  # POSIX: imported where it is used
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"{what}: {lock_file} held for {timeout_s:.0f} s") from None
+                time.sleep(0.1)  # polling the lock with a deadline
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working directory, as sqlite opens
+    it), or None for a server, another database or an in-memory one."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return None if database in (None, "", ":memory:") or database.startswith("file:") else Path(database)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Across processes, one at a time opens (and so creates or migrates) the local sqlite store at
+    ``uri``: an flock on ``<database>.lock`` beside it (``mlflow.db.lock``). A server serialises its
+    own clients: nothing to hold."""
+    database = sqlite_file(uri)
+    if database is None:
+        yield
+        return
+    with file_lock(database.with_name(database.name + ".lock"), f"MLflow store {uri}", timeout_s):
+        yield
+
+
 def configure(root: Path, experiment_name: str) -> str:
-    """Point MLflow at our store and experiment (created as a model-training one); return its id."""
+    """Point MLflow at our store and experiment (created as a model-training one); return its id.
+
+    The store's first use (its schema) and the experiment's creation happen under :func:`store_lock`,
+    so processes that start at once on a fresh store take turns; the later ones find both made."""
     uri = check_store(root)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    with store_lock(uri):
+        client = MlflowClient(uri)  # opens the store: a fresh sqlite file gets its schema here
+        experiment_id = _experiment(client, experiment_name, uri)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _experiment(client: MlflowClient, experiment_name: str, uri: str) -> str:
+    """The experiment's id, created if missing. Against a server, another process may create it
+    between our look-up and our create: its RESOURCE_ALREADY_EXISTS means "read it again"."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         # A local store's artifacts go beside it, wherever the run's working directory is (MLflow's
-        # default is ./mlruns of the process that creates the experiment); a server decides for itself.
-        local = "MLFLOW_TRACKING_URI" not in os.environ
-        location = (store_root(root) / "mlruns").as_uri() if local else None
-        experiment_id = client.create_experiment(experiment_name, artifact_location=location, tags=EXPERIMENT_KIND)
-    else:
-        experiment_id = experiment.experiment_id
-        for key, value in EXPERIMENT_KIND.items():
-            if experiment.tags.get(key) != value:
-                client.set_experiment_tag(experiment_id, key, value)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+        # default is ./mlruns of the process that creates the experiment: in a DVC experiment, the
+        # temporary copy DVC deletes); a server decides for itself. (Not "is MLFLOW_TRACKING_URI
+        # set?": MLflow 3's set_tracking_uri sets it.)
+        database = sqlite_file(uri)
+        location = (database.resolve().parent / "mlruns").as_uri() if database else None
+        try:
+            return client.create_experiment(experiment_name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:  # created and deleted meanwhile: nothing sensible to join
+                raise
+            log.info("experiment %r was created by another process meanwhile: joining it", experiment_name)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, str]:
@@ -201,9 +279,11 @@ def resumable_run(
 def training_run(paths: Layout) -> Iterator[mlflow.ActiveRun]:
     """Reopen the training's run (from ``models/run.json``) so evaluate and export log into it."""
     info = read_json(require(paths.run_info, "train"))
-    mlflow.set_tracking_uri(check_store(paths.root))
+    uri = check_store(paths.root)
+    mlflow.set_tracking_uri(uri)
     try:
-        MlflowClient().get_run(info["run_id"])
+        with store_lock(uri):  # the store's first use in this process (its schema, were the file new)
+            MlflowClient(uri).get_run(info["run_id"])
     except mlflow.exceptions.MlflowException as error:
         raise PipelineError(
             f"MLflow run {info['run_id']} from {paths.run_info} is not in {tracking_uri(paths.root)}: "

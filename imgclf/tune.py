@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -226,25 +227,12 @@ def study_lock(url: str, study_name: str, timeout_s: float = LOCK_TIMEOUT_S):
             raise PipelineError(f"Optuna storage {shown_url(url)}: {reason}") from None
         finally:
             engine.dispose()
-    elif backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        import fcntl
-
-        lock_file = Path(parsed.database).with_name(Path(parsed.database).name + ".lock")
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with lock_file.open("a") as handle:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise PipelineError(f"study {study_name!r}: {lock_file} held for {timeout_s:.0f} s") from None
-                    time.sleep(0.1)  # polling the lock with a deadline
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif (database := tracking.sqlite_file(url)) is not None:
+        # The lock also covers the sqlite file's first use: open_study creates Optuna's tables, and two
+        # processes creating them at once fail ("table alembic_version already exists").
+        lock_file = database.with_name(database.name + ".lock")
+        with tracking.file_lock(lock_file, f"study {study_name!r}", timeout_s):
+            yield
     else:
         log.warning("no cross-process lock for %s storage: start one search process at a time", backend)
         yield
@@ -429,16 +417,35 @@ def plots(study: optuna.Study, folder: Path, target: str, seed: int) -> list[Pat
     return written
 
 
-def write_reports(study: optuna.Study, paths: Layout, train: dict, tune: dict, url: str) -> dict:
-    folder = paths.tune_reports
+def write_reports(study: optuna.Study, paths: Layout, train: dict, tune: dict, url: str, folder: Path) -> dict:
+    """The trials table, the best params and the plots, written into ``folder`` under their names in
+    ``reports/tune/`` (search writes them into a folder of its own, then :func:`publish_reports`)."""
     table = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
     if "duration" in table:
         table["duration"] = table["duration"].dt.total_seconds().round(1)
-    write_csv(paths.tune_trials, table)
+    write_csv(folder / paths.tune_trials.name, table)
     report = best_params_report(study, train, tune, url)
-    write_json(paths.tune_best, report)
+    write_json(folder / paths.tune_best.name, report)
     plots(study, folder, f"best {tune['metric']} of a trial", int(tune["seed"]))
     return report
+
+
+def publish_reports(private: Path, folder: Path, artifact_path: str = "tune") -> list[Path]:
+    """Copy this process's reports (the files in ``private``, a folder no other process writes) into the
+    shared ``folder``, each atomically, and log the same files to the active MLflow run from ``private``;
+    return the paths written in ``folder``.
+
+    Other search processes write into ``folder`` too, each file through a ``.<name>.tmp-*`` file that
+    it renames over the report: logging ``folder`` itself (``mlflow.log_artifacts``) picked up another
+    process's half-written temporary file, or failed with FileNotFoundError when it was renamed away
+    between MLflow listing the folder and copying it. So a process logs only what it wrote."""
+    published = []
+    for source in sorted(path for path in private.iterdir() if path.is_file()):
+        with atomic_path(folder / source.name) as tmp:
+            shutil.copyfile(source, tmp)
+        published.append(folder / source.name)
+    mlflow.log_artifacts(str(private), artifact_path)
+    return published
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -477,12 +484,16 @@ def search(paths: Layout, train: dict, tune: dict, queue: bool = False) -> dict:
                 catch=(),
                 gc_after_trial=True,
             )
-    report = write_reports(study, paths, train, tune, url)
-    with mlflow.start_run(run_id=parent):
-        if report.get("best_trial") is not None:
-            mlflow.log_metrics({f"best_{tune['metric']}": report["best_value"], "best_trial": report["best_trial"]})
-            mlflow.set_tag("best_command", report["command"])
-        mlflow.log_artifacts(str(paths.tune_reports), "tune")
+    # Under the study's lock, the processes of one study write their reports and log them into its one
+    # parent run in turn (never two copying the same artifact at once; the one that writes last has seen
+    # every trial finished before it). Each writes into a folder of its own and publishes from there.
+    with study_lock(url, tune["study_name"]), tempfile.TemporaryDirectory(prefix="imgclf-tune-") as private:
+        report = write_reports(study, paths, train, tune, url, Path(private))
+        with mlflow.start_run(run_id=parent):
+            if report.get("best_trial") is not None:
+                mlflow.log_metrics({f"best_{tune['metric']}": report["best_value"], "best_trial": report["best_trial"]})
+                mlflow.set_tag("best_command", report["command"])
+            publish_reports(Path(private), paths.tune_reports, "tune")
     if queue and report.get("command"):
         command = shlex.split(report["command"])
         try:
