@@ -226,17 +226,15 @@ def bless(report: dict, max_drop: float, alpha: float) -> tuple[dict, list[str]]
 
 def shipped_headline(report: dict, variant: str) -> dict:
     """``reports/shipped.json``, a DVC metric: the numbers of the variant the service ships
-    (``serve.variant``), blessed as 1 or 0; all zeros but ``blessed`` when it was not exported."""
+    (``serve.variant``), ``shipped_blessed`` 1 or 0 (0 alone when it was not exported)."""
     v = report["variants"].get(variant)
     if v is None:
-        return {"blessed": 0, "exported": 0}
+        return {"shipped_blessed": 0}
     return {
-        "accuracy": v["accuracy"],
-        "accuracy_drop": v["accuracy_drop"],
-        "size_kb": round(v["size_bytes"] / 1024, 1),
-        "latency_ms": v["latency_ms_p50"],
-        "blessed": int(bool(v["blessed"])),
-        "exported": 1,
+        "shipped_accuracy": v["accuracy"],
+        "shipped_size_kb": round(v["size_bytes"] / 1024, 1),
+        "shipped_latency_ms": v["latency_ms_p50"],
+        "shipped_blessed": int(bool(v["blessed"])),
     }
 
 

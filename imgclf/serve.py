@@ -129,8 +129,8 @@ def _local_files(settings: Settings) -> tuple[Path, Path, dict]:
     if card is None:
         raise ModelError(f"no model_card.json beside {model} or in ../tflite/: it holds the labels and input size")
     metrics = {}
-    if paths.metrics.is_file():
-        test = read_json(paths.metrics).get("test", {})
+    if paths.eval_detail.is_file():  # evaluate's figures on the test split
+        test = read_json(paths.eval_detail).get("test", {})
         metrics = {f"test_{k}": v for k, v in test.items() if isinstance(v, int | float)}
     return model, card, metrics
 

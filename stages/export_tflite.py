@@ -71,7 +71,7 @@ def main(params, paths):
         for variant, result in report["variants"].items():
             numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}  # blessed: 1 or 0
             mlflow.log_metrics({f"tflite_{variant}_{k}": float(v) for k, v in numbers.items()})
-        mlflow.set_tag("shipped_variant_blessed", str(bool(shipped["blessed"])).lower())
+        mlflow.set_tag("shipped_variant_blessed", str(bool(shipped["shipped_blessed"])).lower())
     for note in notes:
         log.warning("%s", note)
     if unblessed:

@@ -31,7 +31,9 @@ def main(params, paths):
     predictions = pd.read_csv(require(paths.predictions, "evaluate"), dtype=str, keep_default_na=False)
     verdict = read_json(require(paths.eval_verdict, "evaluate"))
     unblessed = (
-        None if shipped["blessed"] else "its shipped variant (serve.variant) is not blessed: reports/export.json"
+        None
+        if shipped["shipped_blessed"]
+        else "its shipped variant (serve.variant) is not blessed: reports/export.json"
     )
     if unblessed and params["allow_unfit"]:
         log.warning("promote.allow_unfit: %s; it may become champion all the same", unblessed)

@@ -164,14 +164,12 @@ def test_bless_records_each_variants_verdict_and_the_shipped_headline_is_numbers
     assert blessed["variants"]["int8"]["verdict"].startswith("not blessed: accuracy 0.")
     assert blessed["variants"]["float32"]["blessed"] is True
     assert export.shipped_headline(blessed, "int8") == {
-        "accuracy": blessed["variants"]["int8"]["accuracy"],
-        "accuracy_drop": 0.01,
-        "size_kb": 2.0,
-        "latency_ms": 0.25,
-        "blessed": 0,
-        "exported": 1,
+        "shipped_accuracy": blessed["variants"]["int8"]["accuracy"],
+        "shipped_size_kb": 2.0,
+        "shipped_latency_ms": 0.25,
+        "shipped_blessed": 0,
     }
-    assert export.shipped_headline(blessed, "onnx") == {"blessed": 0, "exported": 0}
+    assert export.shipped_headline(blessed, "onnx") == {"shipped_blessed": 0}
 
     card = export.model_card(
         {"class_names": ["a"], "input_shape": [8, 8, 1], "color_mode": "grayscale", "image_size": 8},

@@ -92,9 +92,10 @@ def test_the_headline_is_a_dozen_numbers_and_the_plot_tables_are_small():
     plan = {"learning_rate": 0.0097252, "epochs": 20, "restarts": [{"learning_rate": 0.1}]}
     validation = {"rows_kept": 600, "rows_quarantined": 3, "modes": {"L": 600}}
     top = headline(metrics, versus, {"fit_to_ship": True, "reason": "fine"}, validation, plan, epochs_run=12)
-    assert top["test"]["accuracy"] == metrics["accuracy"] and top["test"]["top_3_accuracy"] == metrics["top_3_accuracy"]
-    assert top["fit_to_ship"] == 1 and top["data"] == {"kept": 600, "quarantined": 3}
-    assert top["train"] == {"learning_rate": 0.009725, "epochs": 12, "restarts": 1}
+    assert top["accuracy"] == metrics["accuracy"] and top["top_3_accuracy"] == metrics["top_3_accuracy"]
+    assert top["fit_to_ship"] == 1 and (top["images_kept"], top["images_quarantined"]) == (600, 3)
+    assert (top["learning_rate"], top["epochs_run"], top["stall_restarts"]) == (0.009725, 12, 1)
+    assert top["test_images"] == 500 and top["baseline_accuracy"] == 0.5
 
     def leaves(tree):
         return [v for value in tree.values() for v in (leaves(value) if isinstance(value, dict) else [value])]

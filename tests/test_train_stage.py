@@ -67,7 +67,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], prepared).stdout.strip()
     assert len(tags["data_hash"]) == 64 and tags["model"] == params["train.model"]
     assert [m.step for m in client.get_metric_history(info["run_id"], "val_loss")] == [0, 1]
-    assert metrics["test_accuracy"] == read_json(paths.metrics)["test"]["accuracy"]
+    assert metrics["test_accuracy"] == read_json(paths.metrics)["accuracy"]
     artifacts = {a.path for a in client.list_artifacts(info["run_id"], "eval")}
     assert {"eval/confusion_matrix.png", "eval/grad_cam.png", "eval/roc.png", "eval/metrics.json"} <= artifacts
     version = client.get_model_version(info["registered_model"]["name"], str(info["registered_model"]["version"]))
@@ -82,7 +82,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
             headline |= {f"{name}:{k}": v for k, v in _leaves(read_json(prepared / name)).items()}
     assert 10 <= len(headline) <= 20, headline
     assert all(type(v) in (int, float) for v in headline.values()), headline
-    assert headline["reports/metrics.json:test.accuracy"] == read_json(paths.eval_detail)["test"]["accuracy"]
+    assert headline["reports/metrics.json:accuracy"] == read_json(paths.eval_detail)["test"]["accuracy"]
     assert "per_class" in read_json(paths.eval_detail)["test"]
 
     import mlflow
@@ -101,8 +101,8 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert "Running stage 'augment'" not in rerun.stdout
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], prepared).stdout)["reports/metrics.json"]
-    assert diff["test.log_loss"]["old"] != diff["test.log_loss"]["new"]
-    assert "test.accuracy" in run(["dvc", "metrics", "diff"], prepared).stdout
+    assert diff["log_loss"]["old"] != diff["log_loss"]["new"]
+    assert "log_loss" in run(["dvc", "metrics", "diff"], prepared).stdout
 
     for plot, field in (("confusion", "actual"), ("loss", "val_loss")):
         vega = json.loads(run(["dvc", "plots", "diff", "HEAD", "--show-vega", "--targets", plot], prepared).stdout)
@@ -122,7 +122,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     assert report["variants"]["float32"]["agreement"] >= 0.99
     assert (paths.labels).read_text().splitlines()[0] == "T-shirt/top"
     assert all(v["blessed"] for v in report["variants"].values()), report
-    assert read_json(paths.shipped_metrics)["blessed"] == 1
+    assert read_json(paths.shipped_metrics)["shipped_blessed"] == 1
     # a gate that fails records its verdict and finishes (the run keeps its metrics); `fail` fails the stage
     set_params(prepared, export={"max_accuracy_drop": -1.0, "significance": 1.01})  # any drop, any p
     recorded = run(["dvc", "repro", "export-tflite"], prepared)
@@ -130,7 +130,7 @@ def test_repro_tracks_in_mlflow_and_diffs_after_a_param_change(prepared):
     report = read_json(paths.export_report)
     assert not any(v["blessed"] for v in report["variants"].values())
     assert report["variants"]["int8"]["verdict"].startswith("not blessed: accuracy")
-    assert read_json(paths.shipped_metrics)["blessed"] == 0
+    assert read_json(paths.shipped_metrics)["shipped_blessed"] == 0
     assert set(read_json(paths.tflite_meta)["unblessed"]) == set(report["variants"])
     set_params(prepared, export={"max_accuracy_drop": -1.0, "significance": 1.01, "on_gate_failure": "fail"})
     failed = run(["dvc", "repro", "export-tflite"], prepared, check=False)
