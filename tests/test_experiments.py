@@ -52,6 +52,16 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     run(["dvc", "queue", "start", "-j", "2"], root)
     status = _wait_for_queue(root)
     assert status.count("Success") == 3, status
+    # the runs compare on a headline: a score of numeric metric columns, not hundreds
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
+    cells = [
+        (f"{name}:{key}", value)
+        for row in [*shown, *(r for e in shown for x in e.get("experiments") or [] for r in x["revs"])]
+        for name, metrics in ((row.get("data") or {}).get("metrics") or {}).items()
+        for key, value in (metrics.get("data") or {}).items()
+    ]
+    assert 10 <= len({column for column, _ in cells}) <= 20, sorted({column for column, _ in cells})
+    assert all(type(value) in (int, float) for _, value in cells), cells
 
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root).stdout.split()
     ref = {name: next(r for r in refs if r.endswith(f"/{name}")) for name in ("code-change", "eval-only", "retrain")}
