@@ -21,7 +21,7 @@ A set is generated once per (set, per class, test per class, seed) and shared by
 colours; each cell gets a fresh pipeline copy (``tests.pipeline_copy.new_repository``) with
 ingest.source, preprocess.image_size and preprocess.color_mode set, nothing else (the shipped
 defaults are what is measured), then ``dvc repro``, timed. Read back: test and baseline accuracy
-(reports/metrics.json), the last epoch's training accuracy (reports/train/history.csv), the learning
+(reports/eval/metrics.json), the last epoch's training accuracy (reports/train/history.csv), the learning
 rate and stall/restart information when reports/train/plan.json has them (``learning_rate``;
 ``stall``, else ``restarts``: the stalled attempts; '-' otherwise), and a
 verdict: ``chance`` when the test accuracy is not above chance (1/classes) beyond the one-sided 95%

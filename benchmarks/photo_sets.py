@@ -9,7 +9,7 @@ photographs, one photograph per class, 200-400 px, JPEG and PNG) in a temporary 
 set, a fresh copy of the pipeline (``tests.pipeline_copy.new_repository``) gets only the
 params README's "Params to set for photos" tells a photo user to set (:data:`PHOTO_PARAMS`, with
 the image size at 64 px), then ``dvc repro`` runs, timed. Read back: test accuracy and macro F1
-(reports/metrics.json), the baseline's accuracy when evaluate reports one, the accuracy on the
+(reports/eval/metrics.json), the baseline's accuracy when evaluate reports one, the accuracy on the
 unlabelled images (reports/predict/predictions.csv against the truth file the generator writes
 outside the dataset), the test-set size, the rows validate quarantined, and the batch size and
 epochs the train stage chose (reports/train/plan.json) and ran (history.csv). A failed

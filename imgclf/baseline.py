@@ -75,7 +75,7 @@ def evaluate(
     class_names: list[str],
     params: dict,
 ) -> dict:
-    """The ``baseline`` block of ``reports/metrics.json``: fitted on ``fit_parts`` (train and val), its
+    """The ``baseline`` block of ``reports/eval/metrics.json``: fitted on ``fit_parts`` (train and val), its
     test accuracy and macro F1, and how the network compares on the same test images
     (``network_below_baseline``, with McNemar's p-value that the network is worse)."""
     thumbnail = int(params["thumbnail"])

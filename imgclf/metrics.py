@@ -39,7 +39,7 @@ def top_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], top_k: int) -> dict:
-    """The numbers that go under ``"test"`` in ``reports/metrics.json``."""
+    """The numbers that go under ``"test"`` in ``reports/eval/metrics.json`` (a few reach the headline)."""
     y_true = np.asarray(y_true)
     labels = np.arange(len(class_names))
     y_pred = proba.argmax(axis=1)

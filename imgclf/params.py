@@ -298,14 +298,14 @@ class Predict(Section):
     variant: Variant = describe("which exported model to run (one of export.variants)")
     top_k: PositiveInt = describe("labels per image in the predictions")
     csv_column: str | None = describe("CLI: column of image names in a CSV; null = detect")
-    allow_unfit: bool = describe("predict even with a model evaluate found not fit to ship (smoke runs)")
+    allow_unfit: bool = describe("predict even with a model not fit to ship, or only unblessed variants (smoke runs)")
 
 
 # promote
 class Promote(Section):
     min_gain: Annotated[float, Field(ge=0)] = describe("champion only when accuracy beats it by more than this...")
     significance: Annotated[float, Field(gt=0)] = describe("... and McNemar's p (the gain is noise) is below this")
-    allow_unfit: bool = describe("aliases even for a model evaluate found not fit to ship (smoke runs)")
+    allow_unfit: bool = describe("aliases even for a model not fit to ship or not blessed (smoke runs)")
 
 
 # serve (the HTTP service, imgclf.serve:app; not a stage)

@@ -203,7 +203,8 @@ def load_model(settings: Settings) -> LoadedModel:
         chosen = "onnx" if model.suffix == ".onnx" else model.stem.removeprefix("model_")
         unblessed = unblessed_reason(read_json(card), chosen)
         by_name = not settings.model or spec.startswith(REGISTRY_SCHEMES)  # a path names one file: no fallback
-        fallback = blessed_fallback(read_json(card)) if unblessed and by_name and not settings.allow_unfit else None
+        blessed = blessed_fallback(read_json(card)) if unblessed else None
+        fallback = blessed if by_name else None
         if fallback:  # export's gate: this variant lost accuracy beyond noise; serve a blessed one, and say so
             log.warning("variant %s is %s; serving %s instead", chosen, unblessed, fallback)
             if cleanup:
@@ -211,9 +212,13 @@ def load_model(settings: Settings) -> LoadedModel:
                 cleanup = None
             return load_model(replace(settings, variant=fallback))
         if unblessed and not settings.allow_unfit:
+            other = (
+                f"variant {blessed} is blessed: unset IMGCLF_MODEL and set IMGCLF_VARIANT={blessed}"
+                if blessed
+                else "no other variant is blessed"
+            )
             raise ModelError(
-                f"{spec or model}: variant {chosen} is {unblessed}, and no other variant is blessed; "
-                "IMGCLF_ALLOW_UNFIT=1 serves it anyway"
+                f"{spec or model}: variant {chosen} is {unblessed}; {other}; IMGCLF_ALLOW_UNFIT=1 serves it anyway"
             )
         if unblessed:
             log.warning("serving variant %s, %s (IMGCLF_ALLOW_UNFIT)", chosen, unblessed)

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 args.port = free_port()
             check_port(args.host, args.port)  # before the slow imports: a busy port fails at once
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         from imgclf import tracking
@@ -173,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
         root = layout().root
         name = args.experiment or load_section("train", root / "params.yaml")["experiment_name"]
-        experiment_id = tracking.configure(root, name)  # creates the store and experiment if new
         uri = tracking.tracking_uri(root)
-        save_view(MlflowClient(uri), experiment_id)
+        try:
+            experiment_id = tracking.configure(root, name)  # creates the store and experiment if new
+            save_view(MlflowClient(uri), experiment_id)
+        except MlflowException as error:  # the store itself (an out-of-date schema, say): one line
+            raise PipelineError(f"{uri}: {error.message.splitlines()[0]}") from None
         if remote:
             print(f"MLflow server {uri}; open:\n{runs_link(uri, experiment_id)}", flush=True)
             return 0

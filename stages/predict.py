@@ -48,10 +48,12 @@ def main(params, paths):
     card = read_json(paths.tflite_meta)
     unfit = unfit_reason(card)
     unblessed = unblessed_reason(card, args.variant)
-    fallback = blessed_fallback(card) if unblessed and not args.allow_unfit else None
+    fallback = blessed_fallback(card) if unblessed else None
     if fallback:  # export's gate: this variant lost accuracy beyond noise; a blessed one answers instead
         log.warning("variant %s is %s; predicting with %s instead", args.variant, unblessed, fallback)
         model_path = paths.exported_model(fallback)
+        if not model_path.exists():
+            raise PipelineError(f"{model_path} (the blessed {fallback} variant) not found: run the export-tflite stage")
     elif unblessed and args.allow_unfit:
         log.warning("predicting with variant %s, %s (--allow-unfit)", args.variant, unblessed)
     elif unblessed and not unfit:

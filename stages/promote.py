@@ -30,11 +30,12 @@ def main(params, paths):
         return [paths.promotion]
     predictions = pd.read_csv(require(paths.predictions, "evaluate"), dtype=str, keep_default_na=False)
     verdict = read_json(require(paths.eval_verdict, "evaluate"))
-    unblessed = (
-        None
-        if shipped["shipped_blessed"]
-        else "its shipped variant (serve.variant) is not blessed: reports/export.json"
-    )
+    if "shipped_accuracy" not in shipped:  # serve.variant is not among export.variants
+        unblessed = "its shipped variant (serve.variant) was not exported: add it to export.variants"
+    elif not shipped["shipped_blessed"]:
+        unblessed = "its shipped variant (serve.variant) is not blessed: reports/export.json"
+    else:
+        unblessed = None
     if unblessed and params["allow_unfit"]:
         log.warning("promote.allow_unfit: %s; it may become champion all the same", unblessed)
         unblessed = None

@@ -5,7 +5,9 @@ Each test starts two real processes (``python -m tests.test_parallel_runs <role>
 both have done their imports and set-up and then releases them together: each child prints ``ready``
 and blocks reading a line from its stdin until the test writes one to both. No sleep orders anything:
 where one process must be inside a step while the other does another, they say so on stdout and the
-test tells the other to go on (a handshake), so every run of a test interleaves the same way.
+test tells the other to go on (a handshake), so those runs interleave the same way. Where the race
+is two processes doing the same first step (creating a fresh store), both are released into it
+together, which without the lock failed every time it was tried (3 of 3).
 """
 
 from __future__ import annotations

@@ -115,3 +115,18 @@ def test_a_model_not_fit_to_ship_gets_no_alias_and_the_champion_stays(client, tm
     assert report["champion_before"] == report["champion_after"] == "1"
     assert _aliases(client, "m") == {CANDIDATE: "1", CHAMPION: "1"}
     assert client.get_model_version("m", unfit).tags["fit_to_ship"] == "false"
+
+
+def test_a_version_whose_shipped_variant_is_not_blessed_is_a_candidate_never_champion(client, tmp_path):
+    def table(right):
+        return pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(right)})
+
+    first = _register(client, "m", 300, tmp_path)
+    promote(client, "m", first, table(300), 0.0, 0.05)
+    better = _register(client, "m", 360, tmp_path)  # a clear gain: champion, were its int8 copy blessed
+    report = promote(client, "m", better, table(360), 0.0, 0.05, blocked="its shipped variant is not blessed")
+    assert not report["promote"] and report["champion_after"] == "1"
+    assert report["reason"].startswith("not champion: its shipped variant is not blessed (otherwise: ")
+    assert report["comparison"]["lost"] + report["comparison"]["gained"] == 60  # still compared, and recorded
+    assert _aliases(client, "m") == {CANDIDATE: "2", CHAMPION: "1"}
+    assert client.get_model_version("m", better).tags["blessed"] == "false"

@@ -279,7 +279,10 @@ def test_an_unblessed_variant_falls_back_to_a_blessed_one_by_name_and_is_refused
     monkeypatch.chdir(tmp_path)  # the workspace layout: models/tflite/model_<variant>.tflite
     with TestClient(create_app(Settings(variant="int8", workers=1))) as by_name:
         assert by_name.get("/v1/model").json()["variant"] == "float32"  # and the log says why
-    with pytest.raises(ModelError, match=r"variant int8 is not blessed: accuracy 0.6700 .* IMGCLF_ALLOW_UNFIT=1"):
+    with pytest.raises(
+        ModelError,
+        match=r"variant int8 is not blessed: accuracy 0.6700 .*; variant float32 is blessed: unset IMGCLF_MODEL and set IMGCLF_VARIANT=float32",
+    ):
         with TestClient(create_app(Settings(model=str(folder / "model_int8.tflite")))):
             pass
     card["unblessed"]["float32"] = "not blessed: accuracy 0.7000"
