@@ -37,39 +37,33 @@ from pathlib import Path
 
 from imgclf.io import PipelineError
 
-HEADLINE_METRICS = (
-    "test_accuracy",
-    "test_macro_f1",
-    "test_log_loss",
-    "test_ece",
-    "val_accuracy",
-    "baseline_accuracy",
-    "tflite_int8_accuracy",
-    "tflite_int8_size_bytes",
-)
+HEADLINE_METRICS = ("test_accuracy", "test_macro_f1", "test_log_loss", "test_ece", "val_accuracy", "baseline_accuracy")
+SHIPPED_METRICS = ("accuracy", "size_bytes")  # of the variant the service ships: tflite_<serve.variant>_<name>
 VIEW_ID = "imgclf-headline-metrics"
 VIEW_NAME = "Headline metrics"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # MLflow's prefix for saved views
 START_TIMEOUT_S = 120  # importing MLflow and starting its workers: 15-30 s on 2 busy cores
 
 
-def view_state() -> dict:
-    """The runs table as the view shows it: the headline metrics first, best test accuracy on top.
-    Keys as MLflow's UI stores them (its search facets and runs-table UI state)."""
-    metrics = [f"metrics.`{name}`" for name in HEADLINE_METRICS]
+def view_state(variant: str = "int8") -> dict:
+    """The runs table as the view shows it: the headline metrics first (with the shipped ``variant``'s
+    accuracy and size), best test accuracy on top. Keys as MLflow's UI stores them (its search facets
+    and runs-table UI state)."""
+    names = [*HEADLINE_METRICS, *(f"tflite_{variant}_{name}" for name in SHIPPED_METRICS)]
+    metrics = [f"metrics.`{name}`" for name in names]
     columns = [*metrics, "attributes.`Models`"]
     return {
         "orderByKey": "metrics.`test_accuracy`",
         "orderByAsc": False,
         "selectedColumns": columns,
         "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns],
-        "columnWidths": {f"metrics.`{name}`": max(100, 7 * len(name) + 30) for name in HEADLINE_METRICS},  # whole names
+        "columnWidths": {f"metrics.`{name}`": max(100, 7 * len(name) + 30) for name in names},  # whole names
     }
 
 
-def save_view(client, experiment_id: str) -> None:
+def save_view(client, experiment_id: str, variant: str = "int8") -> None:
     """Create or update the saved view on the experiment (MLflow's envelope: name, times, state)."""
-    state = json.dumps(view_state(), sort_keys=True)
+    state = json.dumps(view_state(variant), sort_keys=True)
     try:
         old = json.loads(client.get_experiment(experiment_id).tags.get(VIEW_TAG) or "{}")
     except ValueError:
@@ -177,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = tracking.tracking_uri(root)
         try:
             experiment_id = tracking.configure(root, name)  # creates the store and experiment if new
-            save_view(MlflowClient(uri), experiment_id)
+            save_view(MlflowClient(uri), experiment_id, load_section("serve", root / "params.yaml")["variant"])
         except MlflowException as error:  # the store itself (an out-of-date schema, say): one line
             raise PipelineError(f"{uri}: {error.message.splitlines()[0]}") from None
         if remote:
