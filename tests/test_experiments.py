@@ -2,9 +2,15 @@
 its own code, one that does not retrain reuses the baseline's MLflow run, and every MLflow run lands
 in the workspace's store with a readable name, its experiment's tags and its datasets."""
 
+import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +22,31 @@ from tests.conftest import TINY_PIPELINE, run, set_params
 
 pytestmark = pytest.mark.slow
 MARKER = "Queued with a code change that the workspace no longer has."
+
+
+def _start_queue(root, workers: int) -> None:
+    """``dvc queue start`` with its output to a file, not a pipe: DVC's worker launcher keeps the stdout
+    it inherited until its worker exits, so a captured call returns only when the queue is done, and
+    never when a celery worker hangs in its shutdown (it did in CI, after "shutting down due to empty
+    queue"). The experiments' outcome is read from ``dvc queue status``."""
+    with (root / "queue-start.log").open("w") as log:
+        started = subprocess.run(
+            ["dvc", "queue", "start", "-j", str(workers)], cwd=root, env=_env(root), stdout=log, stderr=log
+        )
+    assert started.returncode == 0, (root / "queue-start.log").read_text()
+
+
+def _stop_workers(root) -> None:
+    """Kill what is left of the queue's workers (by the pid files DVC keeps): a worker stuck in its own
+    shutdown must not outlive the test."""
+    for info in (root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        with contextlib.suppress(ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
+            os.kill(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
+
+
+def _env(root):
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(root)}  # fmt: skip
 
 
 def _wait_for_queue(root, timeout_s=900):
@@ -49,8 +80,11 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     # 2. a change to evaluate's params only (no retraining), 3. one that retrains
     run(["dvc", "exp", "run", "--queue", "-n", "eval-only", "-S", "evaluate.top_k=2"], root)
     run(["dvc", "exp", "run", "--queue", "-n", "retrain", "-S", "train.learning_rate=0.001"], root)
-    run(["dvc", "queue", "start", "-j", "2"], root)
-    status = _wait_for_queue(root)
+    _start_queue(root, workers=2)
+    try:
+        status = _wait_for_queue(root)
+    finally:
+        _stop_workers(root)
     assert status.count("Success") == 3, status
     # the runs compare on a headline: a score of numeric metric columns, not hundreds
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
