@@ -41,6 +41,27 @@ DATABASES = ("mlflow", "optuna")
 START_TIMEOUT_S = 60
 
 
+def wait_for_mlflow(
+    process: subprocess.Popen, url: str, log: Path, timeout_s: float, mention_log: bool = False
+) -> None:
+    """Until ``url``'s ``/health`` answers 200; a one-line error with the last line of ``log`` when the
+    server exits first, or when ``timeout_s`` passes (``mention_log``: the messages name the log file)."""
+    where = f"; log: {log}" if mention_log else ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise PipelineError(f"mlflow server exited at start ({tail[0] if tail else 'no output'}{where})")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.2)  # polling a condition with a deadline
+    raise PipelineError(
+        f"mlflow server did not answer on {url} within {timeout_s} s" + (f" (log: {log})" if mention_log else "")
+    )
+
+
 def free_port() -> int:
     """A port nobody listens on now (the OS picks it)."""
     with socket.socket() as sock:
@@ -199,17 +220,7 @@ class TrackingServer:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its workers stop with it
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._mlflow.poll() is not None:
-                tail = (self.folder / "mlflow.log").read_text(errors="replace").strip().splitlines()[-1:]
-                raise PipelineError(f"mlflow server exited at start ({tail[0] if tail else 'no output'})")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            time.sleep(0.2)  # polling a condition with a deadline
-        raise PipelineError(f"mlflow server did not answer on {self.tracking_uri} within {START_TIMEOUT_S} s")
+        wait_for_mlflow(self._mlflow, self.tracking_uri, self.folder / "mlflow.log", START_TIMEOUT_S)
 
     def stop_mlflow(self) -> None:
         process, self._mlflow = self._mlflow, None

@@ -32,10 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from imgclf.io import PipelineError
+from imgclf.server import free_port, wait_for_mlflow
 
 HEADLINE_METRICS = ("test_accuracy", "test_macro_f1", "test_log_loss", "test_ece", "val_accuracy", "baseline_accuracy")
 SHIPPED_METRICS = ("accuracy", "size_bytes")  # of the variant the service ships: tflite_<serve.variant>_<name>
@@ -106,20 +106,6 @@ def start_server(uri: str, host: str, port: int, log: Path) -> subprocess.Popen:
         )  # fmt: skip
 
 
-def wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-            raise PipelineError(f"mlflow server exited at start ({tail[0] if tail else 'no output'}; log: {log})")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.2)  # polling a condition with a deadline
-    raise PipelineError(f"mlflow server did not answer on {url} within {START_TIMEOUT_S} s (log: {log})")
-
-
 def stop_server(process: subprocess.Popen | None) -> None:
     if process is None:
         return
@@ -155,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         remote = os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://"))
         if not remote:
             if args.port == 0:
-                from imgclf.server import free_port
-
                 args.port = free_port()
             check_port(args.host, args.port)  # before the slow imports: a busy port fails at once
         from mlflow.exceptions import MlflowException
@@ -180,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(tempfile.gettempdir()) / f"imgclf-ui-{args.port}.log"
         url = f"http://{connect_host(args.host)}:{args.port}"
         process = start_server(uri, args.host, args.port, log)
-        wait_until_up(process, url, log)
+        wait_for_mlflow(process, url, log, START_TIMEOUT_S, mention_log=True)
         print(f"MLflow UI on {uri} (log: {log}); Ctrl-C stops it. Open:", flush=True)
         print(runs_link(url, experiment_id), flush=True)
         process.wait()
