@@ -4,7 +4,7 @@
 
 Trains the default network with ``model.fit`` twice on the same images (after ``dvc repro augment``):
 once on the finite training dataset (Keras makes a new iterator each epoch), once on the same
-dataset repeated, with ``steps_per_epoch`` (one iterator; what imgclf.training.fit does). Prints each
+dataset repeated, with ``steps_per_epoch`` (one iterator; what imgclf.train.training.fit does). Prints each
 epoch's time and every pause of more than a second between two batches. Found while timing #13:
 epoch times came out in multiples of ~5.1 s, and ``vmstat`` showed the CPU idle during the pauses.
 """
@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import keras
 
-from imgclf import training
-from imgclf.models import build_model
 from imgclf.params import read_file
 from imgclf.paths import layout
-from imgclf.plan import steps
+from imgclf.train import training
+from imgclf.train.models import build_model
+from imgclf.train.plan import steps
 
 
 class Pauses(keras.callbacks.Callback):

@@ -7,7 +7,7 @@ Generates a class-folder dataset of photo-sized JPEGs in a temporary folder, the
 96 px, written as shards) with 1 worker and with all cores, each in a fresh process so that its
 peak resident memory (the process and its workers) is measured alone, and the disk each phase's
 output takes. Prints a table of medians and writes it to reports/bench/own_images.{json,md} (not
-a DVC output). The scale run of the README: ``--images 100000 --size 320x240 --repeats 1
+a DVC output). The scale run in docs/pipeline.md: ``--images 100000 --size 320x240 --repeats 1
 --all-cores-only``.
 """
 
@@ -48,11 +48,11 @@ def generate(root: Path, count: int, width: int, height: int) -> int:
 
 def run_phase(phase: str, source: str, out: str, workers: int) -> None:
     """One phase in this process; prints seconds and peak RSS (MiB) of the process and its workers."""
-    from imgclf.ingest import ingest, read_ingested
+    from imgclf.data.ingest import ingest, read_ingested
+    from imgclf.data.preprocess import shard_order, write_split
+    from imgclf.data.validation import validate
     from imgclf.params import load_section
     from imgclf.paths import Layout
-    from imgclf.preprocess import shard_order, write_split
-    from imgclf.validation import validate
 
     layout = Layout(Path(out))
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from imgclf.ingest import find_fashion_mnist, limit_per_class, load_fashion_mnist
+from imgclf.data.ingest import find_fashion_mnist, limit_per_class, load_fashion_mnist
 
 
 def main() -> None:

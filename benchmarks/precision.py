@@ -29,10 +29,10 @@ def child(policy: str, epochs: int, per_class: int) -> None:
     import keras
     import yaml
 
-    from imgclf import training
-    from imgclf.ingest import find_fashion_mnist, limit_per_class, load_fashion_mnist
-    from imgclf.models import build_model
+    from imgclf.data.ingest import find_fashion_mnist, limit_per_class, load_fashion_mnist
     from imgclf.paths import REPO_ROOT
+    from imgclf.train import training
+    from imgclf.train.models import build_model
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["train"]
     data = load_fashion_mnist(find_fashion_mnist(download=False), limit=per_class)

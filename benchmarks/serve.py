@@ -32,10 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from imgclf.images import decode, prepare
+from imgclf.data.images import decode, prepare
 from imgclf.io import write_json
 from imgclf.paths import layout
-from imgclf.server import free_port
+from imgclf.team.server import free_port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,7 +117,7 @@ def images() -> dict[str, bytes]:
     """A 28x28 PNG (a Fashion-MNIST test image) and a 224x224 JPEG (a real photograph)."""
     from skimage import data
 
-    from imgclf.shards import read_split
+    from imgclf.data.shards import read_split
 
     x, _ = read_split(layout(ROOT), "test")
     small = cv2.imencode(".png", np.asarray(x[0]))[1].tobytes()

@@ -4,7 +4,7 @@
     python benchmarks/train_variant.py b128 epochs=8 batch_size=128 simple_cnn.dense=128 simple_cnn.dropout.1=0.2
 
 For comparing training recipes quickly (benchmarks/NOTES.md): the train stage's own plan and fit
-(imgclf.training, early stopping off so every variant runs its whole schedule) on the augmented
+(imgclf.train.training, early stopping off so every variant runs its whole schedule) on the augmented
 training split, then accuracy on the test split, plain and with horizontal-flip averaging.
 Nothing is tracked: a JSON line is printed and appended to reports/bench/train_variants.jsonl
 (git-ignored).
@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from imgclf import training
-from imgclf.models import build_model
+from imgclf.data.shards import read_split
 from imgclf.params import read_file
 from imgclf.paths import layout
-from imgclf.plan import plan_training
-from imgclf.shards import read_split
-from imgclf.tune import with_values
+from imgclf.train import training
+from imgclf.train.models import build_model
+from imgclf.train.plan import plan_training
+from imgclf.train.tune import with_values
 
 
 def main() -> None:

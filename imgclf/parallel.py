@@ -16,7 +16,7 @@ import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
-PRELOAD = ["imgclf.ingest"]  # numpy, pandas, OpenCV: imported once, not once per worker
+PRELOAD = ["imgclf.data.ingest"]  # numpy, pandas, OpenCV: imported once, not once per worker
 
 
 def process_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:

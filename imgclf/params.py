@@ -6,7 +6,7 @@ naming the file, the key, what is allowed and, for a typo, the closest existing 
 
     params.yaml: train.epoch is not a key of train; did you mean train.epochs?
 
-The README's params reference is generated from here (``python -m imgclf.params``) and a test
+The params reference (docs/params.md) is generated from here (``python -m imgclf.params``) and a test
 keeps the two equal. Adding a param: a field here (with a description), its value in
 params.yaml, and the code that reads it with ``params["name"]``.
 """
@@ -25,7 +25,7 @@ from imgclf.io import PipelineError
 
 # Stage name (dvc.yaml) -> its params section, where the two differ.
 STAGE_SECTIONS = {"export-tflite": "export"}
-# Sections read by a command or the service rather than a stage (imgclf.tune, imgclf.serve).
+# Sections read by a command or the service rather than a stage (imgclf.train.tune, imgclf.ship.serve).
 COMMAND_SECTIONS = ("tune", "serve")
 
 Rule = Literal["error", "warn", "off"]
@@ -509,7 +509,7 @@ def leaf_keys(model: type[Section] | None = None, prefix: str = "") -> list[str]
 
 
 def reference_markdown(path: str | Path | None = None) -> str:
-    """The README's params reference: one row per key, its shipped value and the schema's description."""
+    """The params reference (docs/params.md): one row per key, its shipped value and the schema's description."""
     from imgclf.paths import REPO_ROOT
 
     shipped = read_file(path or REPO_ROOT / "params.yaml")

@@ -40,7 +40,7 @@ class Layout:
 
     @property
     def ingested_shards(self) -> Path:
-        """Folder datasets: the files' bytes, in ``images-SS.bin`` shards (:mod:`imgclf.shards`)."""
+        """Folder datasets: the files' bytes, in ``images-SS.bin`` shards (:mod:`imgclf.data.shards`)."""
         return self.ingested / "shards"
 
     @property

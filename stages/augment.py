@@ -4,9 +4,9 @@ import logging
 
 import numpy as np
 
-from imgclf.augmentation import build_policy, materialize, preview_grid, save_policy, source_rows
+from imgclf.data.augmentation import build_policy, materialize, preview_grid, save_policy, source_rows
+from imgclf.data.shards import read_split, write_sharded
 from imgclf.io import read_json
-from imgclf.shards import read_split, write_sharded
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)

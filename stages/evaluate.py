@@ -7,12 +7,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from imgclf import baseline, figures, tracking
+from imgclf.data.shards import read_split
+from imgclf.evaluate import baseline, figures
+from imgclf.evaluate.metrics import classification_metrics, evaluation_summary, headline, reliability_points, roc_points
 from imgclf.io import PipelineError, read_json, write_csv, write_json, write_text
-from imgclf.metrics import classification_metrics, evaluation_summary, headline, reliability_points, roc_points
-from imgclf.models import load_trained
-from imgclf.shards import read_split
 from imgclf.stage import run_stage
+from imgclf.team import tracking
+from imgclf.train.models import load_trained
 
 log = logging.getLogger(__name__)
 

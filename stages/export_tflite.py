@@ -11,12 +11,13 @@ import logging
 
 import mlflow
 
-from imgclf import export, tracking
+from imgclf.data.shards import read_split
 from imgclf.io import PipelineError, read_json, write_json, write_text
-from imgclf.models import load_trained
 from imgclf.params import load_section
-from imgclf.shards import read_split
+from imgclf.ship import export
 from imgclf.stage import run_stage
+from imgclf.team import tracking
+from imgclf.train.models import load_trained
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from imgclf.ingest import ingest
+from imgclf.data.ingest import ingest
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ import argparse
 import logging
 import typing
 
-from imgclf.export import blessed_fallback, unblessed_reason, unfit_reason
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
-from imgclf.predict import collect, predict, predict_split
-from imgclf.runtime import load_classifier
+from imgclf.ship.export import blessed_fallback, unblessed_reason, unfit_reason
+from imgclf.ship.predict import collect, predict, predict_split
+from imgclf.ship.runtime import load_classifier
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)

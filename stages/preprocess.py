@@ -4,11 +4,11 @@ import logging
 
 import numpy as np
 
-from imgclf.images import COLOR_MODES
-from imgclf.ingest import read_ingested, read_manifest
+from imgclf.data.images import COLOR_MODES
+from imgclf.data.ingest import read_ingested, read_manifest
+from imgclf.data.preprocess import assign_splits, shard_order, write_split
 from imgclf.io import PipelineError, describe, require, write_csv, write_json
 from imgclf.paths import SPLITS
-from imgclf.preprocess import assign_splits, shard_order, write_split
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)

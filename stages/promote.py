@@ -13,9 +13,10 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from imgclf import registry, tracking
 from imgclf.io import read_json, require, write_json
+from imgclf.ship import registry
 from imgclf.stage import run_stage
+from imgclf.team import tracking
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Stage train: augmented training arrays + validation split -> models/model.keras, tracked in MLflow.
 
 Killed mid-way (even by SIGKILL), the stage resumes from its last finished epoch when
-started again with the same params and data (see imgclf.training).
+started again with the same params and data (see imgclf.train.training).
 
 With ``TF_CONFIG`` set (``python -m imgclf.launch --workers 2``, or a cluster) every worker runs
 this stage; the chief (worker 0, or the ``chief`` task) alone writes the model, the history and
@@ -17,12 +17,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from imgclf import distributed, tracking, training
 from imgclf.io import atomic_path, write_csv, write_json
-from imgclf.models import build_model
 from imgclf.params import read_file
-from imgclf.plan import TrainingPlan, plan_training
 from imgclf.stage import run_stage
+from imgclf.team import tracking
+from imgclf.train import distributed, training
+from imgclf.train.models import build_model
+from imgclf.train.plan import TrainingPlan, plan_training
 
 log = logging.getLogger(__name__)
 

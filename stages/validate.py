@@ -2,10 +2,10 @@
 
 import logging
 
-from imgclf.ingest import read_ingested
+from imgclf.data.ingest import read_ingested
+from imgclf.data.validation import summary_markdown, validate
 from imgclf.io import PipelineError, write_csv, write_json, write_text
 from imgclf.stage import run_stage
-from imgclf.validation import summary_markdown, validate
 
 log = logging.getLogger(__name__)
 

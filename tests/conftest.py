@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from imgclf.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
+from imgclf.data.ingest import FASHION_MNIST_CLASSES, find_fashion_mnist, pixel_sha256
 from tests.pipeline_copy import new_repository
 
 

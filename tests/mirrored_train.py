@@ -1,7 +1,7 @@
 """Run ``stages/train.py`` as ``python stages/train.py`` would, with the CPU split into two logical devices.
 
 TensorFlow then sees two CPU devices and no GPU, so the train stage picks a real MirroredStrategy
-(see ``imgclf.training.distribution_strategy``): tests/test_gpu_path.py runs the multi-device path,
+(see ``imgclf.train.training.distribution_strategy``): tests/test_gpu_path.py runs the multi-device path,
 resume after a kill included, on a machine without GPUs. Run it from the repository root.
 """
 

@@ -2,8 +2,8 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from imgclf import augmentation
-from imgclf.augmentation import build_policy, materialize, save_policy
+from imgclf.data import augmentation
+from imgclf.data.augmentation import build_policy, materialize, save_policy
 from imgclf.io import PipelineError
 from tests.conftest import shipped
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgclf import baseline
+from imgclf.evaluate import baseline
 from imgclf.io import PipelineError
 from imgclf.params import load_section
 from imgclf.paths import REPO_ROOT
@@ -107,7 +107,7 @@ def test_binary_and_missing_classes_and_a_single_class(digits):
 
 
 def test_the_summary_shows_sizes_both_models_and_plan_warnings():
-    from imgclf.metrics import evaluation_summary
+    from imgclf.evaluate.metrics import evaluation_summary
 
     plan = {"batch_size": 16, "epochs": 143, "steps_per_epoch": 7, "total_steps": 1001, "early_stopping_patience": 0}
     text = evaluation_summary(

@@ -87,10 +87,13 @@ def _imgclf_imports(path, seen=None):
         elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names if alias.name.startswith("imgclf")]
         for name in names:
-            module = REPO_ROOT / (name.replace(".", "/") + ".py")
-            if module.exists() and _rel_str(module) not in seen:
-                seen.add(_rel_str(module))
-                _imgclf_imports(module, seen)
+            parts = name.split(".")
+            # importing imgclf.data.ingest runs imgclf/__init__.py and imgclf/data/__init__.py first
+            packages = [REPO_ROOT.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts) + 1)]
+            for module in [*packages, REPO_ROOT / (name.replace(".", "/") + ".py")]:
+                if module.exists() and _rel_str(module) not in seen:
+                    seen.add(_rel_str(module))
+                    _imgclf_imports(module, seen)
     return seen
 
 
@@ -119,9 +122,7 @@ def test_tensorflow_starts_quietly_unless_asked():
     import subprocess
     import sys
 
-    code = (
-        "import imgclf.models, tensorflow as tf; print(int(tf.constant(1) + 1), tf.config.list_physical_devices('GPU'))"
-    )
+    code = "import imgclf.train.models, tensorflow as tf; print(int(tf.constant(1) + 1), tf.config.list_physical_devices('GPU'))"
     env = {
         key: value
         for key, value in os.environ.items()

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from imgclf import export
-from imgclf.models import build_model
 from imgclf.paths import Layout
-from imgclf.predict import collect, predict
-from imgclf.runtime import load_classifier
+from imgclf.ship import export
+from imgclf.ship.predict import collect, predict
+from imgclf.ship.runtime import load_classifier
+from imgclf.train.models import build_model
 from tests.conftest import shipped
 
 # Stated tolerances: max |p_tflite - p_keras| over all classes and images.
@@ -74,7 +74,7 @@ def test_verify_reports_accuracy_agreement_and_latency(small_model, exported):
 
 
 def _gate_report(y, keras_pred, variant_pred):
-    from imgclf.metrics import paired_comparison
+    from imgclf.evaluate.metrics import paired_comparison
 
     drop = paired_comparison(y, keras_pred, variant_pred)
     variant = {

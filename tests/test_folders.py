@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgclf import images
-from imgclf.folders import detect_layout, list_folder
-from imgclf.ingest import ingest, read_ingested
+from imgclf.data import images
+from imgclf.data.folders import detect_layout, list_folder
+from imgclf.data.ingest import ingest, read_ingested
+from imgclf.data.preprocess import shard_order, write_split
+from imgclf.data.shards import read_sharded
+from imgclf.data.validation import validate
 from imgclf.io import PipelineError
 from imgclf.paths import Layout
-from imgclf.preprocess import shard_order, write_split
-from imgclf.shards import read_sharded
-from imgclf.validation import validate
 from tests.conftest import folder_bytes, run, set_params, shipped
 from tests.photos import CLASSES, class_folder_dataset, csv_dataset, photo, random_photo, save
 

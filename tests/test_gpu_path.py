@@ -17,10 +17,11 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from imgclf import export, training
 from imgclf.io import PipelineError, read_json
-from imgclf.models import build_model
 from imgclf.paths import layout
+from imgclf.ship import export
+from imgclf.train import training
+from imgclf.train.models import build_model
 from tests.conftest import data_stages_done, kill_training_after_two_epochs, run, set_params, shipped
 
 MIRRORED_TRAIN = Path(__file__).with_name("mirrored_train.py")

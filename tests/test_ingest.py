@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclf import ingest
-from imgclf.ingest import (
+from imgclf.data import ingest
+from imgclf.data.ingest import (
     FASHION_MNIST_CLASSES,
     IngestedImages,
     Ref,

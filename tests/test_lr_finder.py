@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from imgclf import lr_finder, training
 from imgclf.io import PipelineError
-from imgclf.models import build_model
-from imgclf.plan import plan_training
+from imgclf.train import lr_finder, training
+from imgclf.train.models import build_model
+from imgclf.train.plan import plan_training
 from tests.conftest import shipped
 
 AUTO = shipped("train")["auto"]

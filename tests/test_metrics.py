@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from imgclf.metrics import classification_metrics, expected_calibration_error
+from imgclf.evaluate.metrics import classification_metrics, expected_calibration_error
 
 CLASSES = ["cat", "dog", "bird"]
 Y_TRUE = np.array([0, 0, 1, 1, 2, 2, 2, 0])
@@ -56,7 +56,7 @@ def test_auc_is_null_when_a_class_is_missing_from_the_test_split():
 
 
 def test_paired_comparison_counts_lost_and_gained_images():
-    from imgclf.metrics import paired_comparison
+    from imgclf.evaluate.metrics import paired_comparison
 
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     reference = np.array([0, 1, 2, 0, 1, 2, 1, 1])  # 7 right
@@ -80,7 +80,7 @@ def test_binary_classification_metrics():
 
 
 def test_the_headline_is_a_dozen_numbers_and_the_plot_tables_are_small():
-    from imgclf.metrics import headline, reliability_points, roc_points
+    from imgclf.evaluate.metrics import headline, reliability_points, roc_points
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 500)

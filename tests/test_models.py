@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from imgclf.io import PipelineError
-from imgclf.models import MODELS, build_model, is_pretrained_transfer, simple_cnn_blocks, unfreeze_top
+from imgclf.train.models import MODELS, build_model, is_pretrained_transfer, simple_cnn_blocks, unfreeze_top
 from tests.conftest import shipped
 
 PARAMS = shipped(

@@ -1,7 +1,7 @@
 """Multi-worker training (issue #17): the custom distributed loop, the launcher, and two real workers.
 
 ``model.fit`` fails under MultiWorkerMirroredStrategy with Keras 3.15 / TF 2.21 (keras-team/keras#20585),
-so ``imgclf.distributed`` trains there with a step of its own, driving the same callbacks. The loop is
+so ``imgclf.train.distributed`` trains there with a step of its own, driving the same callbacks. The loop is
 checked in this process under the default strategy against ``model.fit`` (same logs, same numbers,
 resume, early stopping); the slow tests run the train stage as two local workers through
 ``python -m imgclf.launch``, as a user would.
@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imgclf import distributed, training
 from imgclf.paths import layout
-from imgclf.plan import plan_training
+from imgclf.train import distributed, training
+from imgclf.train.plan import plan_training
 from tests.conftest import data_stages_done, epochs_logged, run, set_params, shipped
 
 TRAIN = shipped("train", learning_rate=0.01, batch_size=32, epochs=4, seed=1, schedule="cosine", warmup_fraction=0.1)

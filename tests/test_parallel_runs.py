@@ -137,7 +137,7 @@ def test_two_trainings_create_one_fresh_tracking_store_at_once_and_both_runs_are
 
 
 def test_two_searches_open_one_fresh_study_at_once_and_each_logs_only_its_own_reports(tmp_path):
-    """Two ``imgclf.tune`` processes started together on a fresh clone.
+    """Two ``imgclf.train.tune`` processes started together on a fresh clone.
 
     First they create the Optuna sqlite storage (optuna.db, tune.storage null) and join one study at the
     same moment, STUDY_ROUNDS times, each time in a fresh clone: both must join, as its processes 1
@@ -191,7 +191,7 @@ def test_an_experiment_another_process_created_meanwhile_is_joined(tmp_path):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 
-    from imgclf import tracking
+    from imgclf.team import tracking
 
     made = SimpleNamespace(experiment_id="7", name="imgclf", tags=dict(tracking.EXPERIMENT_KIND))
 
@@ -213,8 +213,8 @@ def test_an_experiment_another_process_created_meanwhile_is_joined(tmp_path):
 
 
 def test_the_store_lock_is_a_file_beside_a_sqlite_store_and_nothing_for_a_server(tmp_path):
-    from imgclf import tracking
     from imgclf.io import PipelineError
+    from imgclf.team import tracking
 
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     with tracking.store_lock(uri):
@@ -249,7 +249,7 @@ def child_train(name: str, root: str) -> None:
     """A training's MLflow set-up, as the train stage does it (DVC_ROOT is the workspace)."""
     import mlflow
 
-    from imgclf import tracking
+    from imgclf.team import tracking
 
     backup = Path(root) / "backup"
     backup.mkdir()
@@ -277,9 +277,9 @@ def child_search(name: str, root: str) -> None:
     """What two searches do at once: open the study on a fresh optuna.db, then publish reports/tune/."""
     import mlflow
 
-    from imgclf import tune
     from imgclf.io import atomic_path
     from imgclf.paths import layout
+    from imgclf.train import tune
 
     root = Path(root)
     folder, private = root / "reports" / "tune", Path.cwd() / f"private-{name}"

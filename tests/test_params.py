@@ -143,9 +143,9 @@ def test_yaml_is_read_as_dvc_writes_it(tmp_path):
     assert train["mixed_precision"] == "off" and train["learning_rate"] == pytest.approx(3e-4)
 
 
-def test_the_readme_reference_is_generated_from_the_schema():
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert reference_markdown() in readme, "regenerate it: python -m imgclf.params"
+def test_the_docs_params_reference_is_generated_from_the_schema():
+    reference = (REPO_ROOT / "docs" / "params.md").read_text()
+    assert reference_markdown() in reference, "regenerate docs/params.md's table: python -m imgclf.params"
 
 
 @pytest.mark.slow
@@ -193,10 +193,10 @@ def test_a_typo_through_dvc_exp_run_and_a_bad_value_fail_before_touching_outputs
     assert paths.validation_report.exists()  # ingest failed first: validate's outputs were never removed
 
 
-def test_the_accurate_profile_sets_valid_train_params_and_the_readme_shows_it(tmp_path):
+def test_the_accurate_profile_sets_valid_train_params_and_the_docs_show_it(tmp_path):
     """`make accurate` (the Makefile's ACCURATE overrides) names train params that exist, with values
-    the schema accepts, and the README's command for it sets the same ones."""
-    from imgclf.tune import with_values
+    the schema accepts, and the docs' command for it (docs/pipeline.md) sets the same ones."""
+    from imgclf.train.tune import with_values
 
     makefile = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
     overrides = re.findall(r"-S (\S+)", re.search(r"^ACCURATE := (.*)$", makefile, re.M).group(1))
@@ -207,7 +207,7 @@ def test_the_accurate_profile_sets_valid_train_params_and_the_readme_shows_it(tm
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**SHIPPED, "train": train}))
     checked = load_section("train", tmp_path / "params.yaml")
     assert checked["model"] != SHIPPED["train"]["model"] or checked["epochs"] != SHIPPED["train"]["epochs"]
-    readme = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ")
-    shown = re.search(r"^dvc exp run -n accurate (.*)$", readme, re.M)
-    assert shown, "README: show the accurate profile's dvc exp run command"
+    page = (REPO_ROOT / "docs" / "pipeline.md").read_text().replace("\\\n", " ")
+    shown = re.search(r"^dvc exp run -n accurate (.*)$", page, re.M)
+    assert shown, "docs/pipeline.md: show the accurate profile's dvc exp run command"
     assert sorted(re.findall(r"-S (\S+)", shown.group(1))) == sorted(overrides)

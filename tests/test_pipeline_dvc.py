@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from imgclf.data.shards import read_split
 from imgclf.paths import layout
-from imgclf.shards import read_split
 from tests.conftest import run, set_params
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 from imgclf.io import PipelineError
 from imgclf.params import load_section
 from imgclf.paths import REPO_ROOT
-from imgclf.plan import plan_training
+from imgclf.train.plan import plan_training
 
 SHIPPED = load_section("train", REPO_ROOT / "params.yaml")
 

@@ -168,7 +168,7 @@ def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium and (os.geteuid() != 0 or not shutil.which("apt-get")):
         pytest.skip("Debian's chromium is not installed and apt is unavailable to install it")
-    assert chromium, "Debian's chromium is not installed: `make setup` installs it"
+    assert chromium, "Debian's chromium is not installed: `make test-tools` installs it"
     with sync_playwright() as playwright:
         # a proxy nobody listens on: a request that got past the route below would fail too
         browser = playwright.chromium.launch(

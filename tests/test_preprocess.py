@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclf.images import resize, to_color_mode
+from imgclf.data.images import resize, to_color_mode
+from imgclf.data.preprocess import assign_splits, prepare_images
 from imgclf.io import PipelineError
-from imgclf.preprocess import assign_splits, prepare_images
 
 
 def test_color_modes_from_every_channel_layout():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.ingest import read_manifest
+from imgclf.data.ingest import read_manifest
 from imgclf.paths import layout
 from tests.conftest import run, set_params
 from tests.photos import photo_set

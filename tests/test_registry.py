@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imgclf.registry import CANDIDATE, CHAMPION, ScoredModel, decide, promote
+from imgclf.ship.registry import CANDIDATE, CHAMPION, ScoredModel, decide, promote
 
 N = 400
 ACTUAL = np.array([f"c{i % 4}" for i in range(N)])
@@ -105,7 +105,7 @@ def test_a_rerun_for_an_older_version_moves_no_alias_back(client, tmp_path):
 
 
 def test_a_model_not_fit_to_ship_gets_no_alias_and_the_champion_stays(client, tmp_path):
-    from imgclf.registry import refuse
+    from imgclf.ship.registry import refuse
 
     first = _register(client, "m", 300, tmp_path)
     promote(client, "m", first, pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(300)}), 0.0, 0.05)

@@ -1,4 +1,4 @@
-"""The HTTP service (imgclf.serve): its API, bad input of every kind, the ONNX variant, the registry,
+"""The HTTP service (imgclf.ship.serve): its API, bad input of every kind, the ONNX variant, the registry,
 the page in a real browser, and the slim set of requirements it is shipped with.
 
 Tests marked ``needs_pipeline`` use the pipeline's own environment (TensorFlow, MLflow, pandas,
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from imgclf.serve import ModelError, Settings, create_app
+from imgclf.ship.serve import ModelError, Settings, create_app
 
 needs_pipeline = pytest.mark.needs_pipeline
 LABELS = [str(d) for d in range(10)]
@@ -41,9 +41,9 @@ def build_model_dir(folder: Path) -> Path:
     the export stage writes, in the same layout (models/tflite, models/onnx)."""
     import keras
 
-    from imgclf import export
-    from imgclf.models import build_model
     from imgclf.paths import Layout
+    from imgclf.ship import export
+    from imgclf.train.models import build_model
 
     x, y = _digit_images()
     keras.utils.set_random_seed(0)
@@ -294,8 +294,8 @@ def test_an_unblessed_variant_falls_back_to_a_blessed_one_by_name_and_is_refused
 
 @needs_pipeline
 def test_a_served_prediction_equals_the_predict_stages_for_the_same_file(client, model_dir, pngs, tmp_path):
-    from imgclf.predict import Item, predict
-    from imgclf.runtime import load_classifier
+    from imgclf.ship.predict import Item, predict
+    from imgclf.ship.runtime import load_classifier
 
     jpeg = cv2.imencode(".jpg", cv2.resize(np.load(model_dir / "digits_x.npy")[3], (90, 70)))[1].tobytes()
     uploads = {"a.png": pngs[4], "b.jpg": jpeg}
@@ -352,7 +352,7 @@ def live_server(model_dir, tmp_path):
 
     import httpx
 
-    from imgclf.server import free_port
+    from imgclf.team.server import free_port
 
     port = free_port()
     env = {**os.environ, "IMGCLF_MODEL": str(model_dir / "models/tflite/model_int8.tflite")}
@@ -393,7 +393,7 @@ def test_the_page_in_a_real_browser_shows_the_top_label_of_an_uploaded_image(liv
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium and (os.geteuid() != 0 or not shutil.which("apt-get")):
         pytest.skip("Debian's chromium is not installed and apt is unavailable to install it")
-    assert chromium, "Debian's chromium is not installed: `make setup` installs it"
+    assert chromium, "Debian's chromium is not installed: `make test-tools` installs it"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:

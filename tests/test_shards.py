@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgclf.shards import SHARDS, ShardedArray, read_sharded, shard_files, shard_of, write_sharded
+from imgclf.data.shards import SHARDS, ShardedArray, read_sharded, shard_files, shard_of, write_sharded
 
 
 def test_chunks_crossing_shard_boundaries_land_in_their_shards(tmp_path):
@@ -56,7 +56,7 @@ def test_a_lazy_sharded_array_reads_the_rows_asked_for_in_order(tmp_path):
 
 
 def test_an_empty_file_in_a_shard_of_its_own_reads_as_no_bytes(tmp_path):
-    from imgclf.ingest import IngestedImages, Ref
+    from imgclf.data.ingest import IngestedImages, Ref
     from imgclf.paths import Layout
 
     paths = Layout(tmp_path)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from imgclf.data.shards import read_split
 from imgclf.io import read_json
 from imgclf.paths import layout
-from imgclf.shards import read_split
 from tests.conftest import kill_training_after_two_epochs, run, set_params
 
 pytestmark = pytest.mark.slow

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgclf import training
 from imgclf.io import PipelineError
-from imgclf.models import build_model
 from imgclf.params import load_section
 from imgclf.paths import REPO_ROOT
-from imgclf.plan import plan_training
+from imgclf.train import training
+from imgclf.train.models import build_model
+from imgclf.train.plan import plan_training
 
 SHIPPED = load_section("train", REPO_ROOT / "params.yaml")
 BASE = {**SHIPPED, "learning_rate": 0.01, "batch_size": 32, "epochs": 4, "seed": 1, "model": "simple_cnn"}
@@ -137,8 +137,8 @@ def test_a_base_trained_on_one_dataset_fine_tunes_on_photos_offline(tmp_path, di
     """The offline transfer path: train on digits, save the base with the CLI, fine-tune it on photo crops."""
     import cv2
 
-    from imgclf.models import main as models_cli
-    from imgclf.models import transfer_base
+    from imgclf.train.models import main as models_cli
+    from imgclf.train.models import transfer_base
     from tests.photos import photo_crop, skimage_classes
 
     images, target = digits

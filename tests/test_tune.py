@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imgclf import tune
 from imgclf.io import PipelineError, read_json
 from imgclf.paths import layout
+from imgclf.train import tune
 from tests.conftest import run, set_params, shipped
 
 
@@ -56,7 +56,7 @@ def test_learning_rate_auto_is_outside_the_space_so_the_first_trial_is_drawn(cap
             self.enqueued.append(values)
 
     space, study = shipped("tune")["space"], Study()
-    with caplog.at_level("INFO", logger="imgclf.tune"):
+    with caplog.at_level("INFO", logger="imgclf.train.tune"):
         tune.enqueue_current(study, shipped("train"), space)
     assert study.enqueued == [] and "train.learning_rate outside tune.space" in caplog.text
     tune.enqueue_current(study, shipped("train", learning_rate=0.0087), space)

@@ -84,8 +84,8 @@ def test_the_link_opens_the_runs_table_with_test_accuracy(tmp_path, monkeypatch)
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from imgclf import tracking
-    from imgclf.ui import VIEW_TAG
+    from imgclf.team import tracking
+    from imgclf.team.ui import VIEW_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the subprocess's store too

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from imgclf.data.validation import summary_markdown, validate
 from imgclf.io import PipelineError
-from imgclf.validation import summary_markdown, validate
 from tests.conftest import manifest_for, merged, shipped
 
 CLASSES = [str(d) for d in range(10)]

@@ -135,7 +135,7 @@ def materialize(
     """``copies`` augmented versions of ``images``: group after group, copy after copy within a group.
 
     ``groups`` (non-decreasing, one per image; default: one group) are the shards of
-    :mod:`imgclf.shards`; :func:`source_rows` says which image each output row comes from. Every chunk is seeded by (seed, copy, group, chunk within the group), so a
+    :mod:`imgclf.data.shards`; :func:`source_rows` says which image each output row comes from. Every chunk is seeded by (seed, copy, group, chunk within the group), so a
     group's augmentations depend on that group alone: a photo added to one shard leaves the other
     shards' augmented copies byte for byte as they were. A progress bar shows in a terminal.
     """

@@ -26,8 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from imgclf import images as image_files
-from imgclf.ingest import IngestedImages, Ref
+from imgclf.data import images as image_files
+from imgclf.data.ingest import IngestedImages, Ref
 from imgclf.io import PipelineError
 
 log = logging.getLogger(__name__)

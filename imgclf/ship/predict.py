@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.folders import NAME_COLUMNS, find_column, read_table
-from imgclf.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, prepare, resolve_inside
-from imgclf.ingest import read_manifest
+from imgclf.data.folders import NAME_COLUMNS, find_column, read_table
+from imgclf.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, prepare, resolve_inside
+from imgclf.data.ingest import read_manifest
+from imgclf.data.shards import read_split
 from imgclf.io import PipelineError
-from imgclf.shards import read_split
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def collect(inputs: list[str | Path], csv_column: str | None = None) -> list[Ite
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode a file exactly as the pipeline does (:func:`imgclf.images.decode`) to uint8 RGB."""
+    """Decode a file exactly as the pipeline does (:func:`imgclf.data.images.decode`) to uint8 RGB."""
     try:
         return decode(path.read_bytes(), max_pixels=MAX_PIXELS)
     except OSError as error:

@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from imgclf.evaluate.metrics import classification_metrics, is_significant_drop, paired_comparison
 from imgclf.io import PipelineError
-from imgclf.metrics import classification_metrics, is_significant_drop, paired_comparison
 
 
 def thumbnails(images: np.ndarray, size: int) -> np.ndarray:

@@ -19,7 +19,7 @@ stopping keeps a half-trained epoch. So ``auto`` values are resolved from the da
   texture photo set at 64 px: test 0.887 without, 0.953 with), while Fashion-MNIST's 8 epochs
   converge more slowly with them (benchmarks/NOTES.md).
 - ``learning_rate: auto``: left open here (``None``) and resolved by a range test on the model
-  and data (:mod:`imgclf.lr_finder`, through :func:`with_learning_rate`) before training starts.
+  and data (:mod:`imgclf.train.lr_finder`, through :func:`with_learning_rate`) before training starts.
 
 An explicit number in params.yaml always wins; the plan still warns when it looks unsound.
 The train stage logs the plan with its reasons, writes it to ``reports/train/plan.json``

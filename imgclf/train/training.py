@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from imgclf import distributed
 from imgclf.io import PipelineError, atomic_path, read_json, write_json
-from imgclf.plan import TrainingPlan, with_learning_rate
+from imgclf.train import distributed
+from imgclf.train.plan import TrainingPlan, with_learning_rate
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -333,11 +333,11 @@ def resolve_learning_rate(
     model: keras.Model, data: TrainData, params: dict, plan: TrainingPlan, saved: Path | None = None
 ):
     """``plan`` with its learning rate: the number in params.yaml, else a range test's choice
-    (:mod:`imgclf.lr_finder`) on a copy of ``model`` over the training pipeline. Returns ``(plan, test)``
+    (:mod:`imgclf.train.lr_finder`) on a copy of ``model`` over the training pipeline. Returns ``(plan, test)``
     (``test`` is ``None`` without a range test). ``saved`` (in the training's backup folder) keeps the
     decision, so a resumed training keeps its rate and skips the test; a restart after a stall writes
     its lower rate there too. In a multi-worker training every worker takes the chief's rate."""
-    from imgclf import lr_finder
+    from imgclf.train import lr_finder
 
     multi_worker = distributed.is_multi_worker(model.distribute_strategy)
     test = None
@@ -446,7 +446,7 @@ def fit_guarded(
         )
         if saved is not None:
             save_learning_rate(saved, plan)
-        from imgclf.models import is_pretrained_transfer, transfer_base
+        from imgclf.train.models import is_pretrained_transfer, transfer_base
 
         if is_pretrained_transfer(params["model"], params):
             transfer_base(model).trainable = False  # a stall in fine-tuning restarts at the frozen phase
@@ -514,8 +514,8 @@ def clear_backup(backup_root: Path, keep: str | None = None) -> None:
 
 def load_train_data(paths, use_augmented: bool) -> TrainData:
     """Training = the preprocessed train split plus, if wanted, augment's copies; val as preprocessed."""
+    from imgclf.data.shards import read_sharded, read_split
     from imgclf.io import require
-    from imgclf.shards import read_sharded, read_split
 
     x_train, y_train = read_split(paths, "train", empty="check reports/validation.md and ingest.limit")
     if use_augmented:
@@ -536,7 +536,7 @@ def data_hash(data: TrainData) -> str:
 def first_phase_epochs(params: dict, plan: TrainingPlan) -> int:
     """Epochs of the first phase, which the first optimizer's schedule spans: the whole plan, or for a
     pretrained transfer model only its ``transfer.frozen_epochs`` (fine-tuning gets a schedule of its own)."""
-    from imgclf.models import is_pretrained_transfer
+    from imgclf.train.models import is_pretrained_transfer
 
     if not is_pretrained_transfer(params["model"], params):
         return plan.epochs
@@ -555,14 +555,14 @@ def fit(
     """Train ``model`` (already compiled for phase 1) as ``plan`` says; resumable via ``run_dir``.
 
     ``model.fit`` trains it, except under a MultiWorkerMirroredStrategy, where the custom step of
-    :mod:`imgclf.distributed` does, with the same callbacks; there ``run_dir`` and ``history_path``
+    :mod:`imgclf.train.distributed` does, with the same callbacks; there ``run_dir`` and ``history_path``
     of a worker other than the chief should be a temporary folder (the train stage's choice).
 
     Pretrained transfer models run two phases: the head on the frozen base for
     ``transfer.frozen_epochs``, then the top ``transfer.fine_tune_layers`` layers unfrozen at
     ``learning_rate * transfer.fine_tune_lr_factor``; the epoch count runs on across phases.
     """
-    from imgclf.models import is_pretrained_transfer, unfreeze_top
+    from imgclf.train.models import is_pretrained_transfer, unfreeze_top
 
     num_classes = len(data.class_names)
     batch_size, epochs, seed = plan.batch_size, plan.epochs, int(params["seed"])

@@ -3,7 +3,7 @@
 Two packed formats, named in ``meta.json``: ``array`` (Fashion-MNIST, one uint8 array in
 ``images.npy``: a fixed public dataset, never edited) and ``bytes`` (folder datasets, the
 original files back to back in ``shards/images-SS.bin``, a shard per content hash so a changed
-photo rewrites one shard; decoded later by validate and preprocess; see :mod:`imgclf.folders`).
+photo rewrites one shard; decoded later by validate and preprocess; see :mod:`imgclf.data.folders`).
 :class:`IngestedImages` reads either, so later stages need not know which.
 
 Fashion-MNIST comes as four IDX files. We look for them, in order, in the folder
@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from imgclf import folders, images
+from imgclf.data import folders, images
+from imgclf.data.shards import shard_path
 from imgclf.io import PipelineError, read_json, read_npy, require, write_csv, write_json, write_npy
 from imgclf.parallel import process_pool
 from imgclf.paths import Layout
-from imgclf.shards import shard_path
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def warn_if_unwatched(source: Path, paths: Layout) -> None:
     log.warning(
         "ingest.source %s is outside data/raw, so DVC does not see its photos change: after adding, removing "
         "or relabelling photos there, run 'dvc repro -f ingest' before 'dvc repro'; or move the folder under "
-        "data/raw and 'dvc add' it (README: Use your own images)",
+        "data/raw and 'dvc add' it (docs/own-images.md)",
         source,
     )
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from imgclf.io import PipelineError, atomic_path, write_bytes
 from imgclf.paths import Layout
-from imgclf.runtime import TFLiteClassifier, load_classifier  # noqa: F401 (TFLiteClassifier: the stages' and tests' name)
+from imgclf.ship.runtime import TFLiteClassifier, load_classifier  # noqa: F401 (TFLiteClassifier: the stages' and tests' name)
 
 log = logging.getLogger(__name__)
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -145,8 +145,8 @@ def export_all(model, variants: list[str], calibration: np.ndarray, paths: Layou
 
 def verify(path: Path, x_test: np.ndarray, y_test: np.ndarray, keras_pred: np.ndarray, latency_runs: int) -> dict:
     """Accuracy of the .tflite file itself, agreement with Keras' predictions, size and batch-1 latency,
-    and the accuracy drop against Keras with its uncertainty (see :func:`imgclf.metrics.paired_comparison`)."""
-    from imgclf.metrics import paired_comparison  # lazily: predict and serving need no scikit-learn
+    and the accuracy drop against Keras with its uncertainty (see :func:`imgclf.evaluate.metrics.paired_comparison`)."""
+    from imgclf.evaluate.metrics import paired_comparison  # lazily: predict and serving need no scikit-learn
 
     classifier = load_classifier(path)
     predicted = classifier.predict(x_test).argmax(axis=1)
@@ -184,7 +184,7 @@ def accuracy_gate(report: dict, max_drop: float, alpha: float) -> tuple[list[str
 
 def _variant_verdicts(report: dict, max_drop: float, alpha: float) -> dict[str, tuple[str | None, str | None]]:
     """Per variant: (why it fails the gate or None, a note for a drop too noisy to judge or None)."""
-    from imgclf.metrics import is_significant_drop
+    from imgclf.evaluate.metrics import is_significant_drop
 
     verdicts = {}
     for name, v in report["variants"].items():

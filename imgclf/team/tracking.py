@@ -358,7 +358,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
 
 
 def log_range_test(test) -> None:
-    """The learning-rate range test (:class:`imgclf.lr_finder.RangeTest`) as a figure and a CSV on the run."""
+    """The learning-rate range test (:class:`imgclf.train.lr_finder.RangeTest`) as a figure and a CSV on the run."""
     import matplotlib
 
     matplotlib.use("Agg")

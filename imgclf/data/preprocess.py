@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.images import COLOR_MODES, ImageError, prepare
-from imgclf.ingest import IngestedImages, Ref
+from imgclf.data.images import COLOR_MODES, ImageError, prepare
+from imgclf.data.ingest import IngestedImages, Ref
+from imgclf.data.shards import shard_of, write_sharded
 from imgclf.io import PipelineError
-from imgclf.shards import shard_of, write_sharded
 
 
 def _prepare_ref(reader: IngestedImages, ref: Ref, size: int, color_mode: str) -> np.ndarray:

@@ -3,7 +3,7 @@
 champion by more than noise on the same test images.
 
 The comparison is paired, on the images both models were tested on: McNemar's exact test on the
-images where they disagree (:func:`imgclf.metrics.paired_comparison`), as the export gate does.
+images where they disagree (:func:`imgclf.evaluate.metrics.paired_comparison`), as the export gate does.
 Two models tested on different data (the test split's digest differs) cannot be paired: the
 champion stays, and the report says so; a person can still move the alias by hand. Export gates
 need no check here: the promote stage runs only after export-tflite succeeded.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from imgclf.metrics import is_significant_drop, paired_comparison
+from imgclf.evaluate.metrics import is_significant_drop, paired_comparison
 
 log = logging.getLogger(__name__)
 

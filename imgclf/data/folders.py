@@ -1,6 +1,6 @@
 """Folder datasets: list every image a user's folder holds, then pack the files' bytes into shards.
 
-Two layouts, detected from what is on disk (README, "Use your own images"):
+Two layouts, detected from what is on disk (docs/own-images.md):
 
 - **CSV**: ``train/`` holding a CSV of image names and labels (images beside it or in
   ``train/images/``), optionally ``test/`` holding a CSV of names. A test CSV without labels
@@ -13,7 +13,7 @@ or name nothing, become rows with a ``problem`` that validate turns into quarant
 every CSV row and every file is accounted for. Packing streams files through a thread pool
 (reading and sha256 release the GIL) that reads at most 64 files and 64 MB ahead of the writer,
 so memory stays bounded whatever the number of files. Packed bytes go to shards chosen by
-each file's sha256 (:mod:`imgclf.shards`).
+each file's sha256 (:mod:`imgclf.data.shards`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from imgclf.images import resolve_inside
+from imgclf.data.images import resolve_inside
+from imgclf.data.shards import remove_stale, shard_of, shard_path
 from imgclf.io import PipelineError, atomic_path
-from imgclf.shards import remove_stale, shard_of, shard_path
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,7 @@ def _list_class_folders(folder: Path, params: dict) -> Listing:
     roots = {"train": folder / "train", "test": folder / "test"} if has_splits else {"train": folder}
     found = [path.name for path in _subfolders(roots["train"])]
     if not found:
-        raise PipelineError(
-            f"{roots['train']} has no class subfolders and no CSV: see the README, 'Use your own images'"
-        )
+        raise PipelineError(f"{roots['train']} has no class subfolders and no CSV: see docs/own-images.md")
     rows, skipped = [], []
     if has_splits:  # anything beside train/ and test/ is not part of the dataset: say so
         skipped += [_relative(folder, p) for p in sorted(folder.iterdir()) if p.name not in roots]
@@ -270,7 +268,7 @@ def _class_names(params: dict, found: list[str]) -> list[str]:
     if configured:
         return [str(name) for name in configured]
     if not found:
-        raise PipelineError("no labelled training images found: see the README, 'Use your own images'")
+        raise PipelineError("no labelled training images found: see docs/own-images.md")
     return found
 
 
@@ -326,7 +324,7 @@ def _read_ahead(
 def pack(listing: Listing, shard_folder: Path, max_pack_mb: float, workers: int | None) -> pd.DataFrame:
     """Stream every listed file into ``images-SS.bin`` shards; return the manifest (shard, offset, size).
 
-    A file's shard comes from its sha256 (:func:`imgclf.shards.shard_of`), so a new or edited photo
+    A file's shard comes from its sha256 (:func:`imgclf.data.shards.shard_of`), so a new or edited photo
     rewrites one shard, not the dataset. Within a shard, files follow the listing order, so the
     bytes are the same for any number of workers. A thread pool reads at most ``PACK_AHEAD`` files
     and ``AHEAD_MB`` ahead of the writer (or one file up to ``max_pack_mb``): that bounds memory.

@@ -1,0 +1,1 @@
+"""Data in: reading a source, checking every image, and the training-ready shards the other stages read."""
