@@ -70,7 +70,7 @@ def test_a_queue_of_experiments_runs_its_own_code_and_logs_to_the_workspace_stor
     assert promotion["promote"] and promotion["version"] == "1" and "no champion yet" in promotion["reason"]
 
     # 1. a code change queued, then reverted in the workspace before the queue runs
-    metrics_py = root / "imgclf" / "metrics.py"
+    metrics_py = root / "imgclf" / "evaluate" / "metrics.py"
     original = metrics_py.read_text()
     marker_code = original.replace('lines = ["# Evaluation", ""]', f'lines = ["# Evaluation", "{MARKER}", ""]')
     assert marker_code != original, "evaluation_summary's first lines changed: update this test"
