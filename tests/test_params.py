@@ -15,7 +15,7 @@ SHIPPED = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 CODE = {
     path: path.read_text()
     for folder in ("imgclf", "stages")
-    for path in sorted((REPO_ROOT / folder).glob("*.py"))
+    for path in sorted((REPO_ROOT / folder).rglob("*.py"))  # the sub-packages too
     if path.name != "params.py"
 }
 
