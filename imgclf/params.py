@@ -280,6 +280,44 @@ class Evaluate(Section):
     baseline: Baseline
 
 
+# audit
+class ImageChecks(Section):
+    blur_below_median: Annotated[float, Field(gt=0, lt=1)] = describe(
+        "blurred: variance of the Laplacian below this share of the dataset's median"
+    )
+    dark_below: Annotated[float, Field(ge=0, le=255)] = describe(
+        "too dark: the brightest 1 % of pixels below this (0-255)"
+    )
+    bright_above: Annotated[float, Field(ge=0, le=255)] = describe(
+        "too bright: the darkest 1 % of pixels above this (0-255)"
+    )
+    low_information_below: Annotated[float, Field(ge=0, le=8)] = describe(
+        "low information: entropy of the luminance histogram below this many bits (a blank frame: ~0)"
+    )
+    aspect_ratio_factor: Annotated[float, Field(gt=1)] = describe(
+        "odd aspect ratio: this many times wider or taller than the dataset's median shape"
+    )
+    size_factor: Annotated[float, Field(gt=1)] = describe(
+        "odd size: this many times more or fewer pixels than the median"
+    )
+    duplicate_distance: Annotated[int, Field(ge=0, le=64)] = describe(
+        "conflicting duplicates: pHash within this many bits of an image with another label (0 = same pHash)"
+    )
+
+
+class Audit(Section):
+    folds: Annotated[int, Field(ge=2)] = describe("out-of-fold: k of the k-fold on the network's penultimate features")
+    max_iter: PositiveInt = describe("logistic regression iterations per fold")
+    seed: int = describe("fold assignment seed")
+    batch_size: PositiveInt = describe("feature extraction batch")
+    workers: Workers = describe("processes measuring the images; null = all cores")
+    gallery: Annotated[int, Field(ge=0)] = describe("flagged images shown in reports/audit/report.html, per table")
+    accepted: Annotated[str, Field(min_length=1)] = describe(
+        "a CSV (columns source, and optionally issue) of findings you checked and keep; the audit skips them"
+    )
+    images: ImageChecks
+
+
 # export-tflite
 class Export(Section):
     variants: Annotated[list[Variant], Field(min_length=1)] = describe("TFLite variants (and onnx) to write")
@@ -363,6 +401,7 @@ SCHEMA: dict[str, type[Section]] = {
     "augment": Augment,
     "train": Train,
     "evaluate": Evaluate,
+    "audit": Audit,
     "export": Export,
     "predict": Predict,
     "promote": Promote,

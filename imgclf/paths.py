@@ -179,6 +179,31 @@ class Layout:
         """The evaluation in words: test size, accuracy beside the baseline's, the training plan's warnings."""
         return self.eval_reports / "summary.md"
 
+    # audit
+    @property
+    def audit_reports(self) -> Path:
+        return self.root / "reports" / "audit"
+
+    @property
+    def label_issues(self) -> Path:
+        """Likely label errors, most likely first: source, split, given and suggested label, score, reason."""
+        return self.audit_reports / "label_issues.csv"
+
+    @property
+    def image_issues(self) -> Path:
+        """Images that decode and still make poor data: source, issue, measured value, threshold."""
+        return self.audit_reports / "image_issues.csv"
+
+    @property
+    def audit_summary(self) -> Path:
+        """The audit's counts: a DVC metric, so `dvc metrics diff` shows them fall as labels get fixed."""
+        return self.audit_reports / "summary.json"
+
+    @property
+    def audit_report(self) -> Path:
+        """The page a person reads: the flagged images with given and suggested labels, and what to do."""
+        return self.audit_reports / "report.html"
+
     # export-tflite
     @property
     def tflite(self) -> Path:

@@ -12,7 +12,7 @@ from tests.conftest import run, set_params
 from tests.photos import CLASSES, class_folder_dataset, csv_dataset, save
 
 pytestmark = pytest.mark.slow
-STAGES = ("ingest", "validate", "preprocess", "augment", "train", "evaluate", "export-tflite", "predict")
+STAGES = ("ingest", "validate", "preprocess", "augment", "train", "evaluate", "audit", "export-tflite", "predict")
 
 
 def _own_params(root, source):
@@ -86,3 +86,24 @@ def test_class_folder_layout_end_to_end_with_labelled_test_and_loose_files(repo_
     assert (predictions["error"] == "").all()
     export = json.loads(paths.export_report.read_text())
     assert set(export["variants"]) == {"float32", "int8"}
+
+    # the audit: every labelled image scored, findings named by the user's own file names
+    summary = read_json(paths.audit_summary)
+    assert summary["audited_images"] == 90 and summary["measured_images"] == 110
+    found = pd.read_csv(paths.label_issues, keep_default_na=False)
+    assert list(found.columns) == ["source", "split", "given_label", "suggested_label", "score", "reason"]
+    assert len(found) == summary["label_issues"] and set(found["split"]) <= {"train", "val"}
+    assert all(source.startswith("train/") for source in found["source"])
+    assert (found["given_label"] != found["suggested_label"]).all()
+    page = paths.audit_report.read_text()
+    assert "Likely label errors" in page and "http://" not in page and "https://" not in page
+
+    # a finding accepted beside the photos: the audit reruns without it, nothing else retrains
+    assert len(found) > 0  # two epochs on 90 shapes: a weak network, so findings (and the warning) are certain
+    if len(found):
+        accepted = repo_copy / "data" / "raw" / "audit_accepted.csv"
+        accepted.parent.mkdir(parents=True, exist_ok=True)
+        accepted.write_text(f"source,issue\n{found['source'].iloc[0]},label\n")
+        rerun = run(["dvc", "repro"], repo_copy).stdout
+        assert "Running stage 'audit'" in rerun and "Running stage 'train'" not in rerun
+        assert read_json(paths.audit_summary)["label_issues"] == summary["label_issues"] - 1
