@@ -196,8 +196,15 @@ class Layout:
 
     @property
     def audit_summary(self) -> Path:
-        """The audit's counts: a DVC metric, so `dvc metrics diff` shows them fall as labels get fixed."""
+        """The audit's headline (three numbers): a DVC metric, so `dvc metrics diff` shows them fall as
+        labels get fixed, short enough for `dvc exp show`."""
         return self.audit_reports / "summary.json"
+
+    @property
+    def audit_detail(self) -> Path:
+        """Every count behind the headline (per image issue, images scored and measured, findings accepted):
+        git-tracked, not a DVC metric, so it does not widen `dvc exp show`."""
+        return self.audit_reports / "detail.json"
 
     @property
     def audit_report(self) -> Path:

@@ -104,11 +104,12 @@ def main(params, paths):
 
     write_csv(paths.label_issues, labels_table)
     write_csv(paths.image_issues, images_table)
-    write_json(paths.audit_summary, summary)
+    write_json(paths.audit_summary, audit.headline(summary))
+    write_json(paths.audit_detail, summary)
     write_text(paths.audit_report, page)
     with tracking.training_run(paths):
         mlflow.log_metrics({f"audit_{key}": value for key, value in summary.items()})
-        for path in (paths.label_issues, paths.image_issues, paths.audit_summary, paths.audit_report):
+        for path in (paths.label_issues, paths.image_issues, paths.audit_detail, paths.audit_report):
             mlflow.log_artifact(str(path), "audit")
     log.info(
         "audit: %d likely label errors (%.1f %%), %d images with an image issue; see %s",
@@ -116,7 +117,7 @@ def main(params, paths):
     )  # fmt: skip
     if warning := audit.weak_features_warning(summary):
         log.warning("%s", warning)
-    return [paths.label_issues, paths.image_issues, paths.audit_summary, paths.audit_report]
+    return [paths.label_issues, paths.image_issues, paths.audit_summary, paths.audit_detail, paths.audit_report]
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ def test_the_report_shows_given_and_suggested_labels_and_loads_nothing_from_outs
     )
     summary = audit.summary(labels_found, images_found, audited=100, measured=120, accepted=0, out_of_fold_accuracy=0.9)
     assert summary["label_issues"] == 1 and summary["blurred"] == 1 and audit.flagged_share(summary) == 0.01
-    assert all(isinstance(value, int | float) for value in summary.values())  # a DVC metric: numbers only
+    assert all(isinstance(value, int | float) for value in summary.values())  # flat numbers, for MLflow too
+    assert audit.headline(summary) == {"label_issues": 1, "images_with_issues": 1, "oof_accuracy": 0.9}
     thumbs = {"train/<cat>/1.jpg": audit_report.thumbnail_uri(_crops(1)[0])}
     page = audit_report.render(summary, labels_found, images_found, thumbs, "data/raw/audit_accepted.csv", 25)
     assert "train/&lt;cat&gt;/1.jpg" in page and "<cat>" not in page  # escaped

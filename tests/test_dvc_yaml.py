@@ -64,6 +64,7 @@ def test_outputs_match_the_layout():
         _rel(paths.label_issues),
         _rel(paths.image_issues),
         _rel(paths.audit_summary),
+        _rel(paths.audit_detail),
         _rel(paths.audit_report),
     }
     assert {_rel(paths.quarantine), _rel(paths.tflite), _rel(paths.ingested_manifest)} <= set(DVC["predict"]["deps"])

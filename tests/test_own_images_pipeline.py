@@ -88,8 +88,11 @@ def test_class_folder_layout_end_to_end_with_labelled_test_and_loose_files(repo_
     assert set(export["variants"]) == {"float32", "int8"}
 
     # the audit: every labelled image scored, findings named by the user's own file names
-    summary = read_json(paths.audit_summary)
-    assert summary["audited_images"] == 90 and summary["measured_images"] == 110
+    summary = read_json(paths.audit_summary)  # the DVC metric: a headline of three numbers
+    assert set(summary) == {"label_issues", "images_with_issues", "oof_accuracy"}
+    detail = read_json(paths.audit_detail)
+    assert detail["audited_images"] == 90 and detail["measured_images"] == 110
+    assert {key: detail[key] for key in summary} == summary
     found = pd.read_csv(paths.label_issues, keep_default_na=False)
     assert list(found.columns) == ["source", "split", "given_label", "suggested_label", "score", "reason"]
     assert len(found) == summary["label_issues"] and set(found["split"]) <= {"train", "val"}

@@ -85,6 +85,15 @@ def drop_accepted(findings: pd.DataFrame, issue: pd.Series | str, accepted: pd.D
 TOO_MANY = 0.25  # flagged share above which the findings say more about the network than the labels
 
 
+HEADLINE = ("label_issues", "images_with_issues", "oof_accuracy")
+
+
+def headline(summary: dict) -> dict:
+    """The DVC metric: three numbers, because DESIGN keeps the metrics a headline (`dvc exp show` gets a
+    column per key, beside train's and evaluate's); the per-issue counts stay in the detail file."""
+    return {key: summary[key] for key in HEADLINE}
+
+
 def flagged_share(summary: dict) -> float:
     """The share of the scored images flagged as likely label errors."""
     return summary["label_issues"] / summary["audited_images"] if summary["audited_images"] else 0.0
@@ -111,8 +120,8 @@ def summary(
     accepted: int,
     out_of_fold_accuracy: float,
 ) -> dict:
-    """The headline: flat numbers with short names, for ``dvc metrics diff`` and ``dvc exp show`` (short:
-    after a training experiment only ``label_issues`` and ``oof_accuracy`` change, two more columns)."""
+    """Every count the audit makes, flat numbers with short names: the report and MLflow read this, and
+    ``headline`` picks the few that become the DVC metric."""
     counts = image_issues["issue"].value_counts()
     return {
         "audited_images": int(audited),
