@@ -319,6 +319,23 @@ class Audit(Section):
 
 
 # export-tflite
+class Unknown(Section):
+    detector: Literal["max_softmax", "energy", "mahalanobis", "knn"] = describe(
+        "out-of-distribution score (docs/serving.md#unknown-answers; benchmarks/ood.py compares them)"
+    )
+    unknown_rate: Annotated[float, Field(gt=0.0, lt=0.5)] = describe(
+        "share of in-distribution images the threshold calls unknown (set on the validation split)"
+    )
+    max_fit_images: PositiveInt = describe("training images (seeded sample) the detector is fitted on")
+    min_images: PositiveInt = describe(
+        "fewer validation images than this: the threshold comes from out-of-fold scores on train + val"
+    )
+    folds: Annotated[int, Field(ge=2)] = describe("out-of-fold scores for the threshold: k of the k-fold")
+    seed: int = describe("fold and knn reference sample seed")
+    knn_k: PositiveInt = describe("knn: the k-th nearest reference image's distance is the score")
+    knn_reference: PositiveInt = describe("knn: reference images kept (shipped beside the model)")
+
+
 class Export(Section):
     variants: Annotated[list[Variant], Field(min_length=1)] = describe("TFLite variants (and onnx) to write")
     calibration_samples: PositiveInt = describe("training images drawn to calibrate int8")
@@ -329,6 +346,7 @@ class Export(Section):
     on_gate_failure: Literal["record", "fail"] = describe(
         "record = write the variant, marked not blessed, and finish; fail = the stage fails (CI)"
     )
+    unknown: Unknown
 
 
 # predict

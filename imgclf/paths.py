@@ -228,6 +228,10 @@ class Layout:
         """A variant's file: ``onnx`` -> models/onnx/model.onnx, the others .tflite in models/tflite."""
         return self.onnx_model if variant == "onnx" else self.tflite_model(variant)
 
+    def unknown_detector(self, variant: str) -> Path:
+        """A variant's out-of-distribution detector (``ood_<variant>.npz``), beside the model card."""
+        return self.tflite / f"ood_{variant}.npz"
+
     @property
     def tflite_meta(self) -> Path:
         return self.tflite / "model_card.json"

@@ -10,6 +10,7 @@ the stage fail instead (a CI pipeline that wants ``dvc repro`` to exit non-zero)
 import logging
 
 import mlflow
+import numpy as np
 
 from imgclf.data.shards import read_split
 from imgclf.io import PipelineError, read_json, write_json, write_text
@@ -22,6 +23,34 @@ from imgclf.train.models import load_trained
 log = logging.getLogger(__name__)
 
 
+def fit_unknown_detectors(files, x_test, params, kernel_bias, paths, report) -> dict:
+    """Each variant's out-of-distribution detector (fitted on training images, its threshold on the
+    validation split), saved beside the model card; the card's summary of them."""
+    x_train, y_train = read_split(paths, "train", lazy=True)
+    picks = np.random.default_rng(int(params["seed"])).permutation(len(y_train))[: int(params["max_fit_images"])]
+    train = (np.asarray(x_train[np.sort(picks)]), y_train[np.sort(picks)])
+    val = read_split(paths, "val")
+    if len(val[1]) < int(params["min_images"]):
+        log.warning(
+            "unknown detector: %d validation images < export.unknown.min_images (%d): its threshold comes from "
+            "out-of-fold scores on train + val, less exact than a held-out split",
+            len(val[1]), params["min_images"],
+        )  # fmt: skip
+    summary = {"detector": params["detector"], "unknown_rate": params["unknown_rate"], "fitted_images": len(picks),
+               "threshold_images": len(val[1]), "variants": {}}  # fmt: skip
+    for variant, path in files.items():
+        detector, result = export.fit_unknown_detector(path, train, val, x_test, params, kernel_bias)
+        detector.save(paths.unknown_detector(variant))
+        summary["variants"][variant] = {"file": paths.unknown_detector(variant).name, **result}
+        report["variants"][variant]["unknown"] = result
+        log.info(
+            "%s: unknown detector %s, threshold %.4g (%s), test images called unknown %.1f %%",
+            variant, detector.name, detector.threshold, result["threshold_from"],
+            100 * (result["test_unknown_rate"] or 0),
+        )  # fmt: skip
+    return summary
+
+
 def main(params, paths):
     tracking.check_store(paths.root)  # a tracking server that is down fails here, before any write
     model = load_trained(paths)
@@ -31,7 +60,8 @@ def main(params, paths):
         read_split(paths, "train", lazy=True)[0], int(params["calibration_samples"]), int(params["seed"])
     )
     paths.onnx_model.parent.mkdir(parents=True, exist_ok=True)  # a DVC out, also when onnx is not exported
-    files = export.export_all(export.float32_copy(model), list(params["variants"]), calibration, paths)
+    float32 = export.float32_copy(model)
+    files = export.export_all(export.with_features(float32), list(params["variants"]), calibration, paths)
 
     keras_pred = model.predict(x_test, batch_size=512, verbose=0).argmax(axis=1)  # as trained, any precision
     report = {
@@ -56,10 +86,11 @@ def main(params, paths):
         )
 
     report, notes = export.bless(report, float(params["max_accuracy_drop"]), float(params["significance"]))
+    unknown = fit_unknown_detectors(files, x_test, params["unknown"], export.last_layer(float32), paths, report)
     unblessed = {name: v["verdict"] for name, v in report["variants"].items() if not v["blessed"]}
     write_text(paths.labels, "".join(f"{name}\n" for name in meta["class_names"]))
     verdict = read_json(paths.eval_verdict) if paths.eval_verdict.exists() else None
-    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite, verdict, unblessed))
+    write_json(paths.tflite_meta, export.model_card(meta, files, paths.tflite, verdict, unblessed, unknown))
     write_json(paths.export_report, report)
     shipped = export.shipped_headline(report, load_section("serve")["variant"])  # what the service ships
     write_json(paths.shipped_metrics, shipped)

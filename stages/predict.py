@@ -16,11 +16,21 @@ import typing
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
 from imgclf.ship.export import blessed_fallback, unblessed_reason, unfit_reason
+from imgclf.ship.ood import Detector
 from imgclf.ship.predict import collect, predict, predict_split
 from imgclf.ship.runtime import load_classifier
 from imgclf.stage import run_stage
 
 log = logging.getLogger(__name__)
+
+
+def unknown_detector(paths, variant: str) -> Detector | None:
+    """The variant's out-of-distribution detector from export-tflite, or None (a model exported before it)."""
+    path = paths.unknown_detector(variant)
+    if not path.is_file():
+        log.warning("%s not found: the unknown column stays empty (rerun export-tflite)", path)
+        return None
+    return Detector.load(path)
 
 
 def main(params, paths):
@@ -71,20 +81,21 @@ def main(params, paths):
         write_csv(output, table)
         return [output]
     classifier = load_classifier(model_path)
+    detector = unknown_detector(paths, fallback or args.variant)
     if args.inputs:
         items = collect(args.inputs, args.csv_column)
-        table = predict(
-            classifier, items, card["labels"], card["input"]["image_size"], card["input"]["color_mode"], args.top_k
-        )
+        size, mode = card["input"]["image_size"], card["input"]["color_mode"]
+        table = predict(classifier, items, card["labels"], size, mode, args.top_k, detector)
         output = args.output or "predictions.csv"
     else:
-        table = predict_split(classifier, paths, card["labels"], args.top_k)
+        table = predict_split(classifier, paths, card["labels"], args.top_k, detector=detector)
         output = args.output or paths.predict_output
         if table.empty:
             log.info("the source has no unlabelled images (no predict split): writing an empty table")
     write_csv(output, table)
     errors = int((table["error"].fillna("") != "").sum())
-    log.info("predicted %d image(s), %d error row(s) -> %s", len(table) - errors, errors, output)
+    unknown = int((table["unknown"] == True).sum())  # noqa: E712 (NaN for error rows)
+    log.info("predicted %d image(s) (%d unknown), %d error row(s) -> %s", len(table) - errors, unknown, errors, output)
     return [output]
 
 

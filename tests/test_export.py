@@ -40,7 +40,7 @@ def exported(small_model, tmp_path_factory):
     # calibrate on the kinds of input the checks use: real digits and uniform noise (not the test's draws)
     noise = np.random.default_rng(7).integers(0, 256, (100, 28, 28, 1), dtype=np.uint8)
     calibration = np.concatenate([export.calibration_sample(x, 100, seed=1), noise])
-    return export.export_all(model, list(export.VARIANTS), calibration, Layout(out))
+    return export.export_all(export.with_features(model), list(export.VARIANTS), calibration, Layout(out))
 
 
 @pytest.mark.parametrize("variant", export.VARIANTS)
@@ -51,6 +51,27 @@ def test_variant_matches_keras_on_fresh_random_inputs(small_model, exported, var
     got = load_classifier(exported[variant]).predict(fresh, batch_size=16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= TOLERANCE[variant]
+
+
+@pytest.mark.parametrize("variant", ["float32", "int8", "onnx"])
+def test_each_file_also_returns_the_penultimate_features_for_the_unknown_detector(small_model, exported, variant):
+    model, x = small_model
+    expected = keras.Model(model.inputs, model.layers[-1].input).predict(x[:32], verbose=0)
+    classifier = load_classifier(exported[variant])
+    probabilities, features = classifier.predict_with_features(x[:32], batch_size=16)
+    assert classifier.has_features and features.shape == expected.shape == (32, 128)
+    assert np.allclose(probabilities, model.predict(x[:32], verbose=0), atol=TOLERANCE[variant])
+    scale = np.abs(expected).max()
+    assert np.abs(features - expected).max() <= (1e-4 if variant != "int8" else 0.05) * scale
+
+
+def test_a_file_exported_before_features_still_predicts_without_them(small_model, tmp_path):
+    model, x = small_model
+    path = export.export_all(model, ["float32"], x[:10], Layout(tmp_path))["float32"]  # one output
+    classifier = load_classifier(path)
+    probabilities, features = classifier.predict_with_features(x[:5])
+    assert not classifier.has_features and features is None
+    assert np.allclose(probabilities, model.predict(x[:5], verbose=0), atol=1e-5)
 
 
 def test_variants_are_builtin_ops_and_int8_is_small(exported):

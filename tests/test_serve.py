@@ -24,6 +24,8 @@ from imgclf.ship.serve import ModelError, Settings, create_app
 
 needs_pipeline = pytest.mark.needs_pipeline
 LABELS = [str(d) for d in range(10)]
+UNKNOWN = {"detector": "mahalanobis", "unknown_rate": 0.04, "min_images": 100, "folds": 5, "seed": 0, "knn_k": 10,
+           "knn_reference": 2000}  # fmt: skip
 
 
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +66,17 @@ def build_model_dir(folder: Path) -> Path:
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:1500], y[:1500], epochs=3, batch_size=64, verbose=0)
     paths = Layout(folder)
-    files = export.export_all(model, ["float32", "int8", "onnx"], x[:200], paths)
+    files = export.export_all(export.with_features(model), ["float32", "int8", "onnx"], x[:200], paths)
+    unknown = {"variants": {}}
+    for variant, path in files.items():  # as export-tflite does: fitted on images the model did not train on
+        train, val = (x[:1500], y[:1500]), (x[1530:], y[1530:])
+        detector, result = export.fit_unknown_detector(
+            path, train, val, x[1500:1530], UNKNOWN, export.last_layer(model)
+        )
+        detector.save(paths.unknown_detector(variant))
+        unknown["variants"][variant] = result
     meta = {"class_names": LABELS, "input_shape": [28, 28, 1], "color_mode": "grayscale", "image_size": 28}
-    paths.tflite_meta.write_text(json.dumps(export.model_card(meta, files, paths.tflite)))
+    paths.tflite_meta.write_text(json.dumps(export.model_card(meta, files, paths.tflite, unknown=unknown)))
     np.save(folder / "digits_x.npy", x[1500:1530])
     return folder
 
@@ -110,6 +120,49 @@ def test_health_model_and_a_prediction_per_file_in_upload_order(client, pngs):
     for p in predictions:
         assert p["label"] == p["top_k"][0]["label"] and len(p["top_k"]) == 3
         assert p["probability"] == p["top_k"][0]["probability"] >= p["top_k"][1]["probability"]
+        assert isinstance(p["unknown"], bool) and p["unknown_score"] >= 0
+
+
+def _no_digit_pngs() -> list[bytes]:
+    """Images of no class: uniform noise, a colour photograph's crops, flat grey, a checkerboard."""
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(3)
+    photo = load_sample_image("china.jpg")
+    images = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(4)]
+    images += [photo[y : y + 160, x : x + 160] for y, x in ((0, 0), (200, 300), (250, 50))]
+    images += [np.full((28, 28), 128, np.uint8), (np.indices((28, 28)).sum(0) % 2 * 255).astype(np.uint8)]
+    return [cv2.imencode(".png", image)[1].tobytes() for image in images]
+
+
+@needs_pipeline  # scikit-learn's sample photograph
+def test_images_of_no_class_are_answered_unknown_and_the_digits_are_not(client, pngs):
+    info = client.get("/v1/model").json()["unknown_detector"]
+    assert info["name"] == "mahalanobis" and info["threshold"] > 0
+    digits = client.post("/v1/predict", files=files(*[(f"d{i}.png", d) for i, d in enumerate(pngs)])).json()
+    others = client.post("/v1/predict", files=files(*[(f"x{i}.png", d) for i, d in enumerate(_no_digit_pngs())]))
+    others = others.json()["predictions"]
+    assert all(p["unknown"] for p in others), [(p["file"], p["unknown_score"]) for p in others]
+    assert all(p["label"] in LABELS for p in others)  # still the closest class, for callers that want one
+    known = [p for p in digits["predictions"] if not p["unknown"]]
+    assert len(known) >= 27, [(p["file"], p["unknown_score"]) for p in digits["predictions"]]
+    assert min(p["unknown_score"] for p in others) > max(p["unknown_score"] for p in known)
+
+
+def test_a_model_exported_without_a_detector_answers_unknown_null(model_dir, tmp_path, pngs):
+    import shutil
+
+    copy = tmp_path / "models"
+    shutil.copytree(model_dir / "models", copy)
+    (copy / "tflite" / "ood_int8.npz").unlink()
+    with TestClient(create_app(Settings(model=str(copy / "tflite" / "model_int8.tflite")))) as old:
+        prediction = old.post("/v1/predict", files=files(("a.png", pngs[0]))).json()["predictions"][0]
+        assert prediction["unknown"] is None and prediction["unknown_score"] is None and prediction["label"]
+        assert old.get("/v1/model").json()["unknown_detector"] is None
+    (copy / "tflite" / "ood_int8.npz").write_bytes(b"not an npz")
+    with pytest.raises(ModelError, match=r"ood_int8\.npz: not a detector"):
+        with TestClient(create_app(Settings(model=str(copy / "tflite" / "model_int8.tflite")))):
+            pass
 
 
 def test_health_is_503_until_a_model_is_loaded(model_dir):
@@ -301,13 +354,19 @@ def test_a_served_prediction_equals_the_predict_stages_for_the_same_file(client,
     uploads = {"a.png": pngs[4], "b.jpg": jpeg}
     for name, data in uploads.items():
         (tmp_path / name).write_bytes(data)
+    from imgclf.ship.ood import Detector
+
     classifier = load_classifier(model_dir / "models/tflite/model_int8.tflite")
-    table = predict(classifier, [Item(n, tmp_path / n) for n in uploads], LABELS, 28, "grayscale", top_k=3)
+    detector = Detector.load(model_dir / "models/tflite/ood_int8.npz")
+    items = [Item(n, tmp_path / n) for n in uploads]
+    table = predict(classifier, items, LABELS, 28, "grayscale", top_k=3, detector=detector)
     served = client.post("/v1/predict", files=files(*uploads.items())).json()["predictions"]
     for row, prediction in zip(table.to_dict("records"), served, strict=True):
         assert prediction["label"] == row["predicted_label"]
         assert prediction["probability"] == pytest.approx(row["probability"], abs=1e-6)
         assert [t["label"] for t in prediction["top_k"]] == [row[f"top{r}_label"] for r in (1, 2, 3)]
+        assert prediction["unknown"] == row["unknown"]
+        assert prediction["unknown_score"] == pytest.approx(row["unknown_score"], abs=1e-6)
 
 
 @needs_pipeline

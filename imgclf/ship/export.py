@@ -20,6 +20,7 @@ import numpy as np
 
 from imgclf.io import PipelineError, atomic_path, write_bytes
 from imgclf.paths import Layout
+from imgclf.ship import ood
 from imgclf.ship.runtime import TFLiteClassifier, load_classifier  # noqa: F401 (TFLiteClassifier: the stages' and tests' name)
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,59 @@ def float32_copy(model):
     copy = type(model).from_config(to_float32(model.get_config()))
     copy.set_weights(model.get_weights())
     return copy
+
+
+def with_features(model):
+    """The network with two named outputs, ``probabilities`` and ``features`` (what its last layer
+    sees): the exported files carry both, so the out-of-distribution detector runs wherever the model
+    runs (:mod:`imgclf.ship.ood`); the probabilities are unchanged."""
+    import keras
+
+    from imgclf.ship.runtime import FEATURES, PROBABILITIES
+
+    return keras.Model(model.inputs, {PROBABILITIES: model.outputs[0], FEATURES: model.layers[-1].input})
+
+
+def last_layer(model) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel and bias of the network's last Dense layer: the energy detector's logits."""
+    kernel, bias = model.layers[-1].get_weights()[:2]
+    return np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
+
+
+def fit_unknown_detector(
+    path: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    x_test: np.ndarray,
+    params: dict,
+    kernel_bias: tuple[np.ndarray, np.ndarray],
+) -> tuple[ood.Detector, dict]:
+    """The variant's detector, computed from its own outputs: fitted on the training images, its
+    threshold set on the validation images (out of fold on both when validation has fewer than
+    ``min_images``), and the share of the test split it calls unknown (the in-distribution rate)."""
+    classifier = load_classifier(path)
+    options = {"last_layer": kernel_bias, "knn_k": int(params["knn_k"]), "knn_reference": int(params["knn_reference"])}
+    rate, seed = float(params["unknown_rate"]), int(params["seed"])
+    p_train, f_train = classifier.predict_with_features(train[0])
+    p_val, f_val = classifier.predict_with_features(val[0])
+    if len(val[1]) >= int(params["min_images"]):
+        detector = ood.fit(params["detector"], p_train, f_train, train[1], seed=seed, **options)
+        detector = ood.calibrate(detector, p_val, f_val, rate)
+        threshold_from = "val"
+    else:  # too few for a quantile: every image of train + val scored by a detector fitted without it
+        features = None if f_train is None else np.concatenate([f_train, f_val])
+        detector, _ = ood.fit_with_threshold(
+            params["detector"], np.concatenate([p_train, p_val]), features, np.concatenate([train[1], val[1]]),
+            rate, folds=int(params["folds"]), seed=seed, **options,
+        )  # fmt: skip
+        threshold_from = "train+val out of fold"
+    test_unknown = detector.unknown(detector.score(*classifier.predict_with_features(x_test)))
+    return detector, {
+        "detector": detector.name,
+        "threshold": round(detector.threshold, 6),
+        "threshold_from": threshold_from,
+        "test_unknown_rate": round(float(test_unknown.mean()), 6) if len(test_unknown) else None,
+    }
 
 
 def export_onnx(model, path: Path) -> None:
@@ -244,11 +298,13 @@ def model_card(
     card_folder: Path,
     verdict: dict | None = None,
     unblessed: dict[str, str] | None = None,
+    unknown: dict | None = None,
 ) -> dict:
     """The label list and input contract, written beside the .tflite files for apps, ``predict`` and the
     service; ``variants`` gives each file relative to the card (``model_int8.tflite``, ``../onnx/model.onnx``);
     ``verdict``: evaluate's (is the model fit to ship), which travels with the files into the registry;
-    ``unblessed``: the variants export's accuracy gate did not bless, with why."""
+    ``unblessed``: the variants export's accuracy gate did not bless, with why; ``unknown``: the
+    out-of-distribution detector, how it was fitted, and each variant's file and threshold."""
     card = {
         "labels": preprocess_meta["class_names"],
         "input": {
@@ -260,11 +316,17 @@ def model_card(
             "resize": "cv2.INTER_AREA when shrinking, INTER_LINEAR when growing, to a square",
         },
         "output": "probabilities, one per label in labels.txt order; int8 variant: uint8, dequantize with the output tensor's scale and zero point",
+        "outputs": {
+            "probabilities": "the output above",
+            "features": "what the last layer sees (penultimate features), for the unknown detector",
+        },
         "variants": {name: os.path.relpath(path, card_folder) for name, path in files.items()},
     }
     if verdict is not None:
         card["verdict"] = {"fit_to_ship": bool(verdict["fit_to_ship"]), "reason": verdict["reason"]}
     card["unblessed"] = dict(unblessed or {})
+    if unknown is not None:
+        card["unknown"] = unknown
     return card
 
 

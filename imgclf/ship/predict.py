@@ -21,6 +21,7 @@ from imgclf.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode, p
 from imgclf.data.ingest import read_manifest
 from imgclf.data.shards import read_split
 from imgclf.io import PipelineError
+from imgclf.ship.ood import Detector
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,13 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def predict(
-    classifier, items: list[Item], labels: list[str], image_size: int, color_mode: str, top_k: int = 3
+    classifier,
+    items: list[Item],
+    labels: list[str],
+    image_size: int,
+    color_mode: str,
+    top_k: int = 3,
+    detector: Detector | None = None,
 ) -> pd.DataFrame:
     """One row per item: the top-k labels and probabilities, or an error."""
     images, errors = [], []
@@ -92,15 +99,24 @@ def predict(
                 error = f"readable: {problem}"
         images.append(image)
         errors.append(error)
-    return prediction_table(classifier, [item.name for item in items], images, errors, labels, top_k)
+    return prediction_table(classifier, [item.name for item in items], images, errors, labels, top_k, detector)
 
 
 def prediction_table(
-    classifier, names: list[str], images: list[np.ndarray | None], errors: list[str], labels: list[str], top_k: int = 3
+    classifier,
+    names: list[str],
+    images: list[np.ndarray | None],
+    errors: list[str],
+    labels: list[str],
+    top_k: int = 3,
+    detector: Detector | None = None,
 ) -> pd.DataFrame:
-    """Rows ``image, predicted_label, probability, top<k>_label, top<k>_probability..., error``.
+    """Rows ``image, predicted_label, probability, unknown, unknown_score, top<k>_label,
+    top<k>_probability..., error``.
 
     ``images[i]`` is the model input for ``names[i]``, or None with the reason in ``errors[i]``.
+    ``unknown``: the image is unlike the training data (``detector``'s score above its threshold), so
+    ``predicted_label`` is only the closest class; empty without a detector.
     """
     top_k = min(top_k, len(labels))
     rows = [
@@ -109,20 +125,26 @@ def prediction_table(
     ]
     positions = [i for i, image in enumerate(images) if image is not None]
     if positions:
-        proba = classifier.predict(np.stack([images[i] for i in positions]))
-        for position, p in zip(positions, proba, strict=True):
+        proba, features = classifier.predict_with_features(np.stack([images[i] for i in positions]))
+        scores = detector.score(proba, features) if detector is not None else None
+        for i, (position, p) in enumerate(zip(positions, proba, strict=True)):
+            if scores is not None:
+                rows[position]["unknown"] = bool(scores[i] > detector.threshold)
+                rows[position]["unknown_score"] = round(float(scores[i]), 6)
             best = np.argsort(-p, kind="stable")[:top_k]
             rows[position]["predicted_label"] = labels[best[0]]
             rows[position]["probability"] = round(float(p[best[0]]), 6)
             for rank, index in enumerate(best, start=1):
                 rows[position][f"top{rank}_label"] = labels[index]
                 rows[position][f"top{rank}_probability"] = round(float(p[index]), 6)
-    columns = ["image", "predicted_label", "probability"]
+    columns = ["image", "predicted_label", "probability", "unknown", "unknown_score"]
     columns += [f"top{r}_{k}" for r in range(1, top_k + 1) for k in ("label", "probability")] + ["error"]
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
-def predict_split(classifier, paths, labels: list[str], top_k: int, refuse: str | None = None) -> pd.DataFrame:
+def predict_split(
+    classifier, paths, labels: list[str], top_k: int, refuse: str | None = None, detector: Detector | None = None
+) -> pd.DataFrame:
     """Every row of the source's predict split, in the source's order: a prediction or why not.
 
     ``refuse``: the reason there is no prediction for any row (a model not fit to ship); rows
@@ -147,4 +169,4 @@ def predict_split(classifier, paths, labels: list[str], top_k: int, refuse: str 
             why = quarantine.loc[id_] if id_ in quarantine.index else None
             errors.append(f"{why['rule']}: {why['reason']}" if why is not None else "not kept by validate")
     names = source["name"] if "name" in source else source["id"]
-    return prediction_table(classifier, list(names), images, errors, labels, top_k)
+    return prediction_table(classifier, list(names), images, errors, labels, top_k, detector)

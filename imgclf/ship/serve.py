@@ -7,8 +7,9 @@ card's size and colour mode), so a served prediction equals the predict stage's 
 
 - ``GET /health``: 200 ``{"status": "ok"}`` once a model is loaded, 503 before.
 - ``GET /v1/model``: labels, input contract, variant, registry version or run, test metrics.
-- ``POST /v1/predict``: multipart ``file`` fields -> ``{"predictions": [...]}`` in upload order; a
-  file that cannot be used gets ``{"file", "error": "<rule>: <reason>"}`` (validate's rule words).
+- ``POST /v1/predict``: multipart ``file`` fields -> ``{"predictions": [...]}`` in upload order, each
+  with ``unknown`` (the image is unlike anything the model was trained on: ``label`` is only the
+  closest class) and ``unknown_score`` (:mod:`imgclf.ship.ood`); a file that cannot be used gets ``{"file", "error": "<rule>: <reason>"}`` (validate's rule words).
   413 body or file count too large, 415 not multipart, 422 no file; each with a JSON ``detail``.
 - ``GET /``: a page to drop images on and see each one's top-k as bars (no CDN: works offline).
 - ``GET /metrics``: Prometheus text: requests, latency histogram, per-file errors by rule.
@@ -48,6 +49,7 @@ from imgclf.ship.export import (  # TensorFlow only loads inside its converter
     unblessed_reason,
     unfit_reason,
 )
+from imgclf.ship.ood import Detector
 from imgclf.ship.runtime import load_classifier
 
 log = logging.getLogger(__name__)
@@ -101,14 +103,19 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     cleanup: Path | None = None  # a registry download, removed at shutdown
     unfit: str | None = None  # evaluate's reason, when the model is not fit to ship (served by IMGCLF_ALLOW_UNFIT)
+    detector: Detector | None = None  # the out-of-distribution detector export fitted for this variant
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """One batched call on a free model instance (blocks while all are busy)."""
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batched call on a free model instance (blocks while all are busy): the probabilities, and
+        each image's unknown score (None without a detector)."""
         classifier = self.pool.get()
         try:
-            return classifier.predict(images)
+            probabilities, features = classifier.predict_with_features(images)
         finally:
             self.pool.put(classifier)
+        if self.detector is None:
+            return probabilities, None
+        return probabilities, self.detector.score(probabilities, features)
 
 
 # -- finding and loading the model ----------------------------------------------------------------
@@ -166,6 +173,10 @@ def _registry_files(uri: str, variant: str) -> tuple[Path, Path, dict, str | Non
     try:
         model = Path(client.download_artifacts(run_id, artifact, str(folder)))
         card = Path(client.download_artifacts(run_id, "tflite/model_card.json", str(folder)))
+        try:  # a run exported before unknown detectors has none: served without one, and said so
+            client.download_artifacts(run_id, f"tflite/ood_{variant}.npz", str(folder))
+        except (mlflow.exceptions.MlflowException, OSError):
+            pass
     except (mlflow.exceptions.MlflowException, OSError) as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise ModelError(f"{uri}: run {run_id} has no {artifact} (was export-tflite run for it?): {error}") from None
@@ -242,6 +253,7 @@ def load_model(settings: Settings) -> LoadedModel:
             ) from None
         if probe.shape[-1] != len(labels):
             raise ModelError(f"{model} has {probe.shape[-1]} outputs but {card} lists {len(labels)} labels")
+        detector = _detector(card, chosen, pool.queue[0])
     except ModelError:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
@@ -260,7 +272,26 @@ def load_model(settings: Settings) -> LoadedModel:
         metrics=metrics,
         cleanup=cleanup,
         unfit=unfit,
+        detector=detector,
     )
+
+
+def _detector(card: Path, variant: str, classifier) -> Detector | None:
+    """The variant's unknown detector (``ood_<variant>.npz`` beside the card), checked on a probe image;
+    None, with a warning, for a model exported before detectors (every answer then has ``unknown: null``)."""
+    path = card.parent / f"ood_{variant}.npz"
+    if not path.is_file():
+        log.warning(
+            "no unknown detector (%s) for this model: answers carry unknown: null; rerun export-tflite", path.name
+        )
+        return None
+    try:
+        detector = Detector.load(path)
+        probe = np.zeros((1, *classifier.input_shape), np.uint8)
+        detector.score(*classifier.predict_with_features(probe))
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"{path}: not a detector export-tflite wrote for this model ({error})") from None
+    return detector
 
 
 # -- one upload -> the model's input or the reason it has none ------------------------------------
@@ -302,10 +333,20 @@ def classify(files: list[tuple[str, bytes | None]], model: LoadedModel, settings
             inputs.append(tensor)
             results.append({"file": name})
     if inputs:
-        for position, p in zip(positions, model.predict(np.stack(inputs)), strict=True):
+        probabilities, scores = model.predict(np.stack(inputs))
+        for i, (position, p) in enumerate(zip(positions, probabilities, strict=True)):
             top = _top_k(p, model.labels, settings.top_k)
             results[position] |= {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+            results[position] |= unknown_fields(model.detector, None if scores is None else scores[i])
     return results
+
+
+def unknown_fields(detector: Detector | None, score: float | None) -> dict:
+    """``unknown`` (the image is unlike the training data: ``label`` is only the closest class) and the
+    score it was decided on; both null without a detector."""
+    if detector is None or score is None:
+        return {"unknown": None, "unknown_score": None}
+    return {"unknown": bool(score > detector.threshold), "unknown_score": round(float(score), 6)}
 
 
 def _top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict]:
@@ -386,6 +427,9 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             "run_id": model.run_id,
             "metrics": model.metrics,
             "fit_to_ship": model.unfit is None,
+            "unknown_detector": None
+            if model.detector is None
+            else {"name": model.detector.name, "threshold": round(model.detector.threshold, 6)},
             "not_fit_reason": model.unfit,
             "limits": {
                 "max_upload_mb": app.state.settings.max_upload_mb,
