@@ -333,7 +333,7 @@ class Unknown(Section):
     folds: Annotated[int, Field(ge=2)] = describe("out-of-fold scores for the threshold: k of the k-fold")
     seed: int = describe("fold and knn reference sample seed")
     knn_k: PositiveInt = describe("knn: the k-th nearest reference image's distance is the score")
-    knn_reference: PositiveInt = describe("knn: reference images kept (shipped beside the model)")
+    knn_reference: PositiveInt = describe("knn: training images kept as the reference (shipped beside the model)")
 
 
 class Export(Section):

@@ -117,7 +117,8 @@ def main(params, paths):
             paths.export_report.relative_to(paths.root),
             failures,
         )
-    return [*files.values(), paths.labels, paths.export_report, paths.shipped_metrics]
+    detectors = [paths.unknown_detector(variant) for variant in files]
+    return [*files.values(), *detectors, paths.labels, paths.export_report, paths.shipped_metrics]
 
 
 if __name__ == "__main__":
