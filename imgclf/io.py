@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,3 +115,27 @@ def require(path: str | Path, stage: str) -> Path:
     if not path.exists():
         raise PipelineError(f"{path} not found: run the {stage} stage first")
     return path
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: Path, what: str, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing, never deleted) while the block
+    runs: one process at a time on this machine. The system releases it when its process dies, so a
+    killed holder never leaves it taken; a holder that hangs is a one-line error after ``timeout_s``."""
+    import fcntl  # POSIX: imported where it is used
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"{what}: {lock_file} held for {timeout_s:.0f} s") from None
+                time.sleep(0.1)  # polling the lock with a deadline
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -376,6 +376,13 @@ class Serve(Section):
     max_files: PositiveInt = describe("images per request; more: 413")
     max_pixels: PositiveInt = describe("width x height from the header, checked before decoding (bombs)")
     workers: Workers = describe("model instances (one per inference thread); null = all cores")
+    log: str | None = describe(
+        "the prediction log, a SQLite file (every answer, its id, feedback); null = off (IMGCLF_LOG wins)"
+    )
+    capture: Literal["off", "unknown", "all"] = describe(
+        "uploaded images kept beside the log: off, unknown (answers called unknown), all (IMGCLF_CAPTURE wins)"
+    )
+    capture_max_mb: Annotated[float, Field(gt=0)] = describe("disk budget of the kept images; the oldest go first")
 
 
 # tune (python -m imgclf.tune; not a stage: see imgclf/tune.py)

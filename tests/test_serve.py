@@ -135,6 +135,49 @@ def _no_digit_pngs() -> list[bytes]:
     return [cv2.imencode(".png", image)[1].tobytes() for image in images]
 
 
+def test_answers_are_logged_with_an_id_and_feedback_is_recorded_and_counted(model_dir, pngs, tmp_path):
+    from imgclf.ship.prediction_log import read
+
+    log = tmp_path / "logs" / "predictions.db"
+    model = str(model_dir / "models/tflite/model_int8.tflite")
+    with TestClient(create_app(Settings(model=model, workers=2, log=str(log), capture="all"))) as served:
+        sent = files(("a.png", pngs[0]), ("b.png", pngs[1]), ("notes.txt", b"shopping list"))
+        predictions = served.post("/v1/predict", files=sent).json()["predictions"]
+        ids = [p.get("id") for p in predictions]
+        assert ids[0] and ids[1] and ids[0] != ids[1] and ids[2] is None  # a file with an error has no answer
+        rows = read(log, "SELECT id, file, label, variant, captured FROM predictions ORDER BY rowid")
+        assert [r[:4] for r in rows] == [(ids[0], "a.png", predictions[0]["label"], "int8"),
+                                         (ids[1], "b.png", predictions[1]["label"], "int8")]  # fmt: skip
+        assert all((log.parent / r[4]).read_bytes() in (pngs[0], pngs[1]) for r in rows)  # capture: all
+        other = next(label for label in LABELS if label != predictions[1]["label"])
+        confirmed = served.post("/v1/feedback", json={"id": ids[0], "label": predictions[0]["label"]})
+        corrected = served.post("/v1/feedback", json={"id": ids[1], "label": other})
+        assert confirmed.json()["outcome"] == "correct" and corrected.json()["outcome"] == "corrected"
+        assert served.post("/v1/feedback", json={"id": "nope", "label": "3"}).status_code == 404
+        wrong_label = served.post("/v1/feedback", json={"id": ids[0], "label": "cat"})
+        assert (
+            wrong_label.status_code == 422
+            and "'cat' is not one of the model's 10 classes" in wrong_label.json()["detail"]
+        )
+        assert (
+            served.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"}).status_code
+            == 422
+        )
+        assert served.post("/v1/feedback", json={"label": "3"}).status_code == 422
+        assert read(log, "SELECT prediction_id, label, outcome FROM feedback ORDER BY id") == [
+            (ids[0], predictions[0]["label"], "correct"), (ids[1], other, "corrected")]  # fmt: skip
+        metrics = served.get("/metrics").text
+        assert 'imgclf_feedback_total{outcome="corrected"} 1.0' in metrics
+        assert "imgclf_feedback_accuracy 0.5" in metrics
+        label, unknown = predictions[0]["label"], str(predictions[0]["unknown"]).lower()
+        assert f'imgclf_predictions_total{{label="{label}",unknown="{unknown}"}}' in metrics
+
+
+def test_feedback_needs_the_log(client, pngs):
+    response = client.post("/v1/feedback", json={"id": "x", "label": "3"})
+    assert response.status_code == 503 and "serve.log" in response.json()["detail"]
+
+
 @needs_pipeline  # scikit-learn's sample photograph
 def test_images_of_no_class_are_answered_unknown_and_the_digits_are_not(client, pngs):
     info = client.get("/v1/model").json()["unknown_detector"]
@@ -416,6 +459,7 @@ def live_server(model_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "IMGCLF_MODEL": str(model_dir / "models/tflite/model_int8.tflite")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["IMGCLF_LOG"] = str(tmp_path / "logs" / "predictions.db")
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "imgclf.serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=log
@@ -465,8 +509,29 @@ def test_the_page_in_a_real_browser_shows_the_top_label_of_an_uploaded_image(liv
             assert first_bar.inner_text() == expected["label"]
             assert page.inner_text(".result .name") == "digit.png"
             assert len(page.query_selector_all(".result .bar")) == 3
+
+            # a digit and a photograph of no digit: the photograph is flagged unknown; a person confirms
+            # the first answer with one click and corrects the second by picking the class
+            photo = tmp_path / "photo.png"
+            photo.write_bytes(_no_digit_pngs()[4])
+            page.set_input_files("#files", [str(image), str(photo)])
+            page.wait_for_selector(".result[data-file='photo.png'] .feedback", timeout=30_000)
+            assert "unknown: unlike anything" in page.inner_text(".result[data-file='photo.png']")
+            assert not page.query_selector(".result[data-file='digit.png'] .unknown")
+            page.click(".result[data-file='digit.png'] button.right")
+            other = next(label for label in LABELS if label != expected["label"])
+            page.select_option(".result[data-file='photo.png'] select.correct-to", other)
+            page.wait_for_selector(".result[data-file='photo.png'] .done", timeout=30_000)
+            page.wait_for_selector(".result[data-file='digit.png'] .done", timeout=30_000)
+            assert page.inner_text(".result[data-file='photo.png'] .done") == f"thanks: corrected to {other}"
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
             browser.close()
+    from imgclf.ship.prediction_log import read
+
+    feedback = read(tmp_path / "logs" / "predictions.db",
+                    "SELECT p.file, f.label, f.outcome FROM feedback f JOIN predictions p ON p.id = f.prediction_id")  # fmt: skip
+    assert sorted(feedback) == [("digit.png", expected["label"], "correct"), ("photo.png", other, "corrected")]
 
 
 @needs_pipeline

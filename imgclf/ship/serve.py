@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import shutil
+import sqlite3
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -36,7 +37,7 @@ from pathlib import Path, PurePath
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -50,6 +51,7 @@ from imgclf.ship.export import (  # TensorFlow only loads inside its converter
     unfit_reason,
 )
 from imgclf.ship.ood import Detector
+from imgclf.ship.prediction_log import CAPTURE, PredictionLog, UnknownPrediction
 from imgclf.ship.runtime import load_classifier
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ class Settings:
     max_files: int = 64
     max_pixels: int = 50_000_000
     workers: int | None = None
+    log: str | None = None  # the prediction log (params.yaml ships logs/predictions.db; None here: no log)
+    capture: str = "off"  # images kept: off, unknown, all
+    capture_max_mb: float = 500.0
     allow_unfit: bool = False  # IMGCLF_ALLOW_UNFIT=1: serve a model evaluate found not fit to ship
 
     @classmethod
@@ -86,6 +91,8 @@ class Settings:
             settings = cls(**load_section("serve"))
         settings.model = os.environ.get("IMGCLF_MODEL") or settings.model
         settings.variant = os.environ.get("IMGCLF_VARIANT") or settings.variant
+        settings.log = os.environ.get("IMGCLF_LOG") or settings.log
+        settings.capture = os.environ.get("IMGCLF_CAPTURE") or settings.capture
         settings.allow_unfit = os.environ.get("IMGCLF_ALLOW_UNFIT", "") not in ("", "0", "false")
         return settings
 
@@ -104,6 +111,11 @@ class LoadedModel:
     cleanup: Path | None = None  # a registry download, removed at shutdown
     unfit: str | None = None  # evaluate's reason, when the model is not fit to ship (served by IMGCLF_ALLOW_UNFIT)
     detector: Detector | None = None  # the out-of-distribution detector export fitted for this variant
+
+    @property
+    def name(self) -> str:
+        """What the prediction log records as the model: its source, and its registry version if any."""
+        return f"{self.source} (version {self.version})" if self.version else self.source
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One batched call on a free model instance (blocks while all are busy): the probabilities, and
@@ -294,6 +306,20 @@ def _detector(card: Path, variant: str, classifier) -> Detector | None:
     return detector
 
 
+def open_log(settings: Settings) -> PredictionLog | None:
+    """The prediction log ``serve.log`` names (created on first use), or None when it is off."""
+    if not settings.log:
+        return None
+    if settings.capture not in CAPTURE:
+        raise ModelError(
+            f"serve.capture (or IMGCLF_CAPTURE) must be one of {', '.join(CAPTURE)}, not {settings.capture!r}"
+        )
+    try:
+        return PredictionLog(settings.log, settings.capture, settings.capture_max_mb)
+    except (OSError, sqlite3.Error) as error:
+        raise ModelError(f"prediction log {settings.log}: {error}") from None
+
+
 # -- one upload -> the model's input or the reason it has none ------------------------------------
 
 
@@ -373,10 +399,13 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             app.state.settings = settings or Settings.load()
             app.state.model = model or await run_in_threadpool(load_model, app.state.settings)
             app.state.busy = asyncio.Semaphore(app.state.model.pool.qsize())
+            app.state.log = open_log(app.state.settings)
         except (ModelError, PipelineError) as error:
             log.error("imgclf.serve: %s", error)  # the one line; uvicorn then says "Application startup failed"
             raise ModelError(f"imgclf.serve: {error}") from None
         yield
+        if app.state.log is not None:
+            app.state.log.close()
         if app.state.model.cleanup:
             shutil.rmtree(app.state.model.cleanup, ignore_errors=True)
 
@@ -393,10 +422,30 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
         registry=registry,
     )
     images = Counter("imgclf_images", "Images predicted", registry=registry)
+    answers = Counter(
+        "imgclf_predictions", "Predictions by label, and whether the image was called unknown",
+        ["label", "unknown"], registry=registry,
+    )  # fmt: skip
+    feedback_outcomes = Counter(
+        "imgclf_feedback", "Feedback by outcome: correct (the answer confirmed) or corrected", ["outcome"],
+        registry=registry,
+    )  # fmt: skip
+    live_accuracy = Gauge(
+        "imgclf_feedback_accuracy", "Share of answers people confirmed, among those they gave feedback on",
+        registry=registry,
+    )  # fmt: skip
+
+    outcome_counts = dict.fromkeys(("correct", "corrected"), 0)  # this process's, as the counters are
+
+    def _accuracy() -> float:
+        total = sum(outcome_counts.values())
+        return outcome_counts["correct"] / total if total else float("nan")
+
+    live_accuracy.set_function(_accuracy)
     file_errors = Counter(
         "imgclf_file_errors", "Uploaded files that could not be used, by rule", ["rule"], registry=registry
     )
-    known_paths = {"/", "/health", "/v1/model", "/v1/predict", "/metrics"}
+    known_paths = {"/", "/health", "/v1/model", "/v1/predict", "/v1/feedback", "/metrics"}
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -481,13 +530,42 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             # event loop keeps answering (/health too), and memory stays bounded by a few decodes
             async with app.state.busy:
                 results = await run_in_threadpool(classify, files, model, settings)
+            if app.state.log is not None:  # each answer gets its id here, in one transaction per request
+                uploads_by_position = {i: data for i, (_, data) in enumerate(files) if data is not None}
+                await run_in_threadpool(app.state.log.append, results, uploads_by_position, model.name, model.variant)
             for result in results:
                 if "error" in result:
                     file_errors.labels(result["error"].split(":", 1)[0]).inc()
+                else:
+                    answers.labels(result["label"], str(result["unknown"]).lower()).inc()
             images.inc(sum("label" in result for result in results))
             return {"predictions": results}
         finally:
             await form.close()
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """``{"id": "<prediction id>", "label": "<the correct class>"}``: the label a person gave the image."""
+        model: LoadedModel | None = app.state.model
+        if model is None:
+            return _problem(503, "no model loaded yet")
+        if app.state.log is None:
+            return _problem(503, "feedback needs the prediction log: set serve.log (or IMGCLF_LOG)")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _problem(422, 'send JSON: {"id": "<prediction id>", "label": "<class>"}')
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not isinstance(body.get("label"), str):
+            return _problem(422, 'send JSON: {"id": "<prediction id>", "label": "<class>"}, both strings')
+        if body["label"] not in model.labels:
+            return _problem(422, f"label {body['label']!r} is not one of the model's {len(model.labels)} classes")
+        try:
+            outcome = await run_in_threadpool(app.state.log.feedback, body["id"], body["label"])
+        except UnknownPrediction:
+            return _problem(404, f"no prediction with id {body['id']!r} in the log")
+        feedback_outcomes.labels(outcome).inc()
+        outcome_counts[outcome] += 1
+        return {"id": body["id"], "label": body["label"], "outcome": outcome}
 
     @app.get("/metrics")
     async def metrics():

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from imgclf.io import PipelineError, read_json, require, write_json
+from imgclf.io import PipelineError, file_lock, read_json, require, write_json
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -83,30 +82,6 @@ def check_store(root: Path) -> str:
 # one fails in alembic ("table ... already exists"). They take turns under a lock file beside the database.
 # Creating the schema takes seconds; a lock held for minutes is a stuck process, reported, not waited on.
 STORE_LOCK_TIMEOUT_S = 300
-
-
-@contextlib.contextmanager
-def file_lock(lock_file: Path, what: str, timeout_s: float) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing, never deleted) while the block
-    runs: one process at a time on this machine. The system releases it when its process dies, so a
-    killed holder never leaves it taken; a holder that hangs is a one-line error after ``timeout_s``."""
-    import fcntl  # POSIX: imported where it is used
-
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PipelineError(f"{what}: {lock_file} held for {timeout_s:.0f} s") from None
-                time.sleep(0.1)  # polling the lock with a deadline
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sqlite_file(uri: str) -> Path | None:

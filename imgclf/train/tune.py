@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import TrialState
 from optuna_integration import KerasPruningCallback
 
-from imgclf.io import PipelineError, atomic_path, write_csv, write_json
+from imgclf.io import PipelineError, atomic_path, file_lock, write_csv, write_json
 from imgclf.params import SCHEMA, load_section
 from imgclf.paths import Layout, layout
 from imgclf.team import tracking
@@ -232,7 +232,7 @@ def study_lock(url: str, study_name: str, timeout_s: float = LOCK_TIMEOUT_S):
         # The lock also covers the sqlite file's first use: open_study creates Optuna's tables, and two
         # processes creating them at once fail ("table alembic_version already exists").
         lock_file = database.with_name(database.name + ".lock")
-        with tracking.file_lock(lock_file, f"study {study_name!r}", timeout_s):
+        with file_lock(lock_file, f"study {study_name!r}", timeout_s):
             yield
     else:
         log.warning("no cross-process lock for %s storage: start one search process at a time", backend)

@@ -1,0 +1,195 @@
+"""The service's memory: every prediction it answered, the images it kept, and what people said about them.
+
+One SQLite file (``serve.log``; ``logs/predictions.db`` by default): SQLite because appends from
+concurrent requests, threads or ``uvicorn --workers`` processes, must neither interleave nor get
+lost, and a database's transactions give exactly that; a JSON-lines file would need its own
+locking. Each request's predictions go in one transaction (WAL journal, ``synchronous=NORMAL``):
+a ``kill -9`` of the server loses at most the requests still in flight, never a committed one or
+the file (power loss may lose the last few commits; fine for a log).
+
+Tables: ``predictions`` (id, time, model, variant, file, label, probability, unknown, unknown_score,
+image_sha256, captured), ``feedback`` (prediction id, label, outcome ``correct`` or ``corrected``,
+time; the latest per prediction counts), ``captures`` (the kept images, by content hash).
+
+Images are kept by ``serve.capture``: ``off``, ``unknown`` (only answers called unknown) or ``all``,
+under ``<log folder>/captured/<sha256>.<ext>``, within ``serve.capture_max_mb``: past it the oldest
+captures are deleted first (their predictions stay, ``captured`` set back to null).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+from imgclf.io import file_lock
+
+CAPTURE = ("off", "unknown", "all")
+OUTCOMES = ("correct", "corrected")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    model TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    file TEXT NOT NULL,
+    label TEXT NOT NULL,
+    probability REAL NOT NULL,
+    unknown INTEGER,
+    unknown_score REAL,
+    image_sha256 TEXT NOT NULL,
+    captured TEXT
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prediction_id TEXT NOT NULL REFERENCES predictions(id),
+    label TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback(prediction_id);
+CREATE TABLE IF NOT EXISTS captures (
+    sha256 TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    time REAL NOT NULL
+);
+"""
+SUFFIXES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
+
+
+class UnknownPrediction(LookupError):
+    """Feedback named a prediction id the log does not hold."""
+
+
+def _suffix(data: bytes) -> str:
+    return next((suffix for magic, suffix in SUFFIXES.items() if data.startswith(magic)), ".img")
+
+
+class PredictionLog:
+    """Appends predictions and feedback; safe to share between threads and between processes."""
+
+    def __init__(self, path: str | Path, capture: str = "off", capture_max_mb: float = 500.0):
+        if capture not in CAPTURE:
+            raise ValueError(f"serve.capture must be one of {', '.join(CAPTURE)}, not {capture!r}")
+        self.path = Path(path)
+        self.capture = capture
+        self.capture_max_bytes = int(capture_max_mb * 1024 * 1024)
+        self.captured = self.path.parent / "captured"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._transaction() as db:  # first use by two processes at once: IF NOT EXISTS, in a transaction
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                db.execute(statement)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            # switching a new file to WAL does not wait on a busy database (SQLite answers "locked" at
+            # once), so connections are set up one at a time, under an flock beside the file
+            with file_lock(self.path.with_name(self.path.name + ".lock"), f"prediction log {self.path}", 60):
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                db.execute("PRAGMA busy_timeout = 30000")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+            self._local.db = db
+        return db
+
+    class _Transaction:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")  # the write lock now: no deadlock upgrading a read later
+            return self.db
+
+        def __exit__(self, kind, value, traceback) -> None:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+    def _transaction(self) -> PredictionLog._Transaction:
+        return self._Transaction(self._connect())
+
+    # -- predictions ---------------------------------------------------------------------------
+
+    def wants(self, unknown: bool | None) -> bool:
+        """Whether an image with this answer is kept, by ``serve.capture``."""
+        return self.capture == "all" or (self.capture == "unknown" and bool(unknown))
+
+    def _keep(self, db: sqlite3.Connection, sha: str, data: bytes) -> str | None:
+        """The image under captured/ (written once per content), within the budget; its relative path."""
+        if len(data) > self.capture_max_bytes:
+            return None
+        name = f"{sha}{_suffix(data)}"
+        known = db.execute("SELECT path FROM captures WHERE sha256 = ?", (sha,)).fetchone()
+        if known:
+            return known[0]
+        self.captured.mkdir(parents=True, exist_ok=True)
+        target = self.captured / name
+        temporary = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+        relative = f"captured/{name}"
+        db.execute("INSERT INTO captures VALUES (?, ?, ?, ?)", (sha, relative, len(data), time.time()))
+        used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM captures").fetchone()[0]
+        while used > self.capture_max_bytes:  # oldest first, never the one just kept
+            oldest = db.execute(
+                "SELECT sha256, path, bytes FROM captures WHERE sha256 != ? ORDER BY time, rowid LIMIT 1", (sha,)
+            ).fetchone()
+            if oldest is None:
+                break
+            db.execute("DELETE FROM captures WHERE sha256 = ?", (oldest[0],))
+            db.execute("UPDATE predictions SET captured = NULL WHERE captured = ?", (oldest[1],))
+            (self.path.parent / oldest[1]).unlink(missing_ok=True)
+            used -= oldest[2]
+        return relative
+
+    def append(self, results: list[dict], images: dict[int, bytes], model: str, variant: str) -> None:
+        """Give each answered result an ``id`` and log it; ``images[i]`` is the upload of ``results[i]``.
+        One transaction: all of a request's predictions are logged, or none."""
+        now = time.time()
+        with self._transaction() as db:
+            for i, result in enumerate(results):
+                if "label" not in result:
+                    continue
+                data = images[i]
+                sha = hashlib.sha256(data).hexdigest()
+                captured = self._keep(db, sha, data) if self.wants(result.get("unknown")) else None
+                result["id"] = uuid.uuid4().hex
+                unknown = result.get("unknown")
+                db.execute(
+                    "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (result["id"], now, model, variant, result["file"], result["label"], result["probability"],
+                     None if unknown is None else int(unknown), result.get("unknown_score"), sha, captured),
+                )  # fmt: skip
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    def feedback(self, prediction_id: str, label: str) -> str:
+        """Record the correct class for a prediction; its outcome (``correct`` or ``corrected``)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT label FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+            if row is None:
+                raise UnknownPrediction(prediction_id)
+            outcome = "correct" if row[0] == label else "corrected"
+            db.execute(
+                "INSERT INTO feedback (prediction_id, label, outcome, time) VALUES (?, ?, ?, ?)",
+                (prediction_id, label, outcome, time.time()),
+            )
+        return outcome
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def read(path: str | Path, query: str, parameters: tuple = ()) -> list[tuple]:
+    """Rows of a read-only query on a log (the monitor and the feedback export read it this way)."""
+    with closing(sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30.0)) as db:
+        return db.execute(query, parameters).fetchall()
