@@ -9,7 +9,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 # and the tests that need a tool skip with a message naming it.
 CAN_APT := [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null
 
-.PHONY: setup dataset test-tools run test accurate tune serve tracking-server push lint bench bench-quick clean
+.PHONY: setup dataset test-tools run test accurate tune serve monitor tracking-server push lint bench bench-quick clean
 # What the pipeline needs, and nothing else: `make run` installs no browser, database or SSH server.
 setup: $(VENV)/.installed dataset
 
@@ -65,6 +65,10 @@ tune: setup
 # The HTTP service on 127.0.0.1:8000 (docs/serving.md); IMGCLF_MODEL=models:/imgclf-classifier@champion to serve the champion
 serve: setup
 	python -m imgclf.serve
+
+# The service's prediction log against the test split: reports/monitor/ (docs/serving.md); exits 1 on an alert
+monitor: setup
+	python -m imgclf.monitor
 
 # PostgreSQL + mlflow server for a team (Ctrl-C stops both); docs/team.md
 tracking-server: setup

@@ -1,6 +1,7 @@
 """Benchmark: the HTTP service under load, beside `mlflow models serve` on the registered Keras model.
 
     python benchmarks/serve.py [--requests 300] [--concurrency 1 8 32] [--time-limit 60]
+    python benchmarks/serve.py --log-overhead     # the prediction log's cost: the service with and without it
 
 Needs the pipeline's outputs (`dvc repro`): models/tflite/model_int8.tflite for our service, and the
 registered model's champion in mlflow.db for MLflow's. Both servers run on loopback; a bounded
@@ -10,6 +11,12 @@ photograph), as files. MLflow's server takes tensors, not files, so its client s
 already decoded and resized to the model's input as JSON (the work our service does server-side is
 done, untimed, by the client). Prints p50 / p99 latency, requests per second and the server's CPU
 use (cores busy, from /proc) for each; writes reports/bench/serve.json.
+
+``--log-overhead`` starts our service twice, without the prediction log (``IMGCLF_LOG=off``) and
+with it, every upload kept (``IMGCLF_CAPTURE=all``), and sends both the same stream of distinct
+Fashion-MNIST test images (each a new row and a new captured file), alternating the two servers
+for ``--rounds`` rounds at each concurrency; prints the median requests/s of each and their
+ratio; writes reports/bench/serve_log.json.
 """
 
 from __future__ import annotations
@@ -135,7 +142,11 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=60.0, help="per measurement, seconds")
     parser.add_argument("--model-uri", default="models:/imgclf-classifier@champion", help="for mlflow models serve")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--log-overhead", action="store_true", help="with and without the prediction log")
+    parser.add_argument("--rounds", type=int, default=3, help="--log-overhead: alternating rounds")
     args = parser.parse_args()
+    if args.log_overhead:
+        return log_overhead(args)
 
     paths = layout(ROOT)
     card = json.loads(paths.tflite_meta.read_text())
@@ -192,6 +203,46 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
     write_json(ROOT / "reports" / "bench" / "serve.json", {"cores": os.cpu_count(), "results": results})
+
+
+def log_overhead(args) -> None:
+    """The same distinct images to the service without and with its prediction log, alternating."""
+    from imgclf.data.shards import read_split
+
+    x, _ = read_split(layout(ROOT), "test")
+    pool = [cv2.imencode(".png", np.asarray(x[i]))[1].tobytes() for i in range(min(len(x), 5000))]
+    logs = Path(tempfile.mkdtemp(prefix="imgclf-bench-log-"))
+    configs = {"no log": {"IMGCLF_LOG": "off"},
+               "log, capture all": {"IMGCLF_LOG": str(logs / "log" / "predictions.db"), "IMGCLF_CAPTURE": "all"}}  # fmt: skip
+    servers = {}
+    for name, env in configs.items():
+        port = free_port()
+        cmd = [sys.executable, "-m", "imgclf.serve", "--port", str(port)]
+        servers[name] = (start(cmd, port, "/health", logs / f"{name}.log", env), port)
+    counter = iter(range(10**9))
+    results = []
+    try:
+        for concurrency in args.concurrency:
+            rates: dict[str, list[float]] = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, (_, port) in servers.items():
+
+                    def send(client, port=port):
+                        image = pool[next(counter) % len(pool)]
+                        return client.post(f"http://127.0.0.1:{port}/v1/predict", files=[("file", ("x.png", image))])
+
+                    figures = asyncio.run(load(send, args.requests, concurrency, args.time_limit))
+                    rates[name].append(figures["requests_per_s"])
+            row = {"concurrency": concurrency, **{name: statistics.median(r) for name, r in rates.items()}}
+            row["ratio"] = round(row["log, capture all"] / row["no log"], 3)
+            results.append({**row, "rounds": rates})
+            print(f"c={concurrency:<3d} no log {row['no log']:7.1f} req/s   log + capture all "
+                  f"{row['log, capture all']:7.1f} req/s   ratio {row['ratio']:.3f}   rounds {rates}", flush=True)  # fmt: skip
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    write_json(ROOT / "reports" / "bench" / "serve_log.json", {"cores": os.cpu_count(), "results": results})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from imgclf.io import PipelineError
 # Stage name (dvc.yaml) -> its params section, where the two differ.
 STAGE_SECTIONS = {"export-tflite": "export"}
 # Sections read by a command or the service rather than a stage (imgclf.train.tune, imgclf.ship.serve).
-COMMAND_SECTIONS = ("tune", "serve")
+COMMAND_SECTIONS = ("tune", "serve", "monitor")
 
 Rule = Literal["error", "warn", "off"]
 Workers = Annotated[int, Field(ge=1)] | None
@@ -385,6 +385,19 @@ class Serve(Section):
     capture_max_mb: Annotated[float, Field(gt=0)] = describe("disk budget of the kept images; the oldest go first")
 
 
+# monitor (python -m imgclf.monitor; not a stage)
+class Monitor(Section):
+    days: Annotated[float, Field(gt=0)] | None = describe("only the log's last N days; null = all of it")
+    min_requests: PositiveInt = describe("fewer answers than this: no distribution alert (too little to judge)")
+    max_unknown_rate: Fraction = describe("alert when more answers than this are called unknown")
+    class_shift_p: Probability = describe("alert when the answered classes differ from the test split's, p below this")
+    confidence_shift_p: Probability = describe(
+        "alert when the top probabilities differ from the test split's, p below this"
+    )
+    min_feedback: PositiveInt = describe("fewer feedback answers than this: no accuracy alert")
+    min_feedback_accuracy: Fraction = describe("alert when accuracy on feedback is below this")
+
+
 # tune (python -m imgclf.tune; not a stage: see imgclf/tune.py)
 class SearchRange(Section):
     """A number between ``low`` and ``high``: integers when both are integers, else floats."""
@@ -432,6 +445,7 @@ SCHEMA: dict[str, type[Section]] = {
     "promote": Promote,
     "tune": Tune,
     "serve": Serve,
+    "monitor": Monitor,
 }
 
 

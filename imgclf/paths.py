@@ -228,6 +228,16 @@ class Layout:
         """A variant's file: ``onnx`` -> models/onnx/model.onnx, the others .tflite in models/tflite."""
         return self.onnx_model if variant == "onnx" else self.tflite_model(variant)
 
+    @property
+    def monitor_summary(self) -> Path:
+        """``python -m imgclf.monitor``'s figures and alerts on the service's prediction log."""
+        return self.root / "reports" / "monitor" / "summary.json"
+
+    @property
+    def monitor_report(self) -> Path:
+        """The monitor's page: alerts, the figures, plots against the test split (offline)."""
+        return self.root / "reports" / "monitor" / "report.html"
+
     def unknown_detector(self, variant: str) -> Path:
         """A variant's out-of-distribution detector (``ood_<variant>.npz``), beside the model card."""
         return self.tflite / f"ood_{variant}.npz"

@@ -161,13 +161,27 @@ def fit_unknown_detector(
             rate, folds=int(params["folds"]), seed=seed, **options,
         )  # fmt: skip
         threshold_from = "train+val out of fold"
-    test_unknown = detector.unknown(detector.score(*classifier.predict_with_features(x_test)))
+    p_test, f_test = classifier.predict_with_features(x_test)
+    test_unknown = detector.unknown(detector.score(p_test, f_test))
     return detector, {
         "detector": detector.name,
         "threshold": round(detector.threshold, 6),
         "threshold_from": threshold_from,
         "test_unknown_rate": round(float(test_unknown.mean()), 6) if len(test_unknown) else None,
+        **reference_statistics(p_test),
     }
+
+
+PROBABILITY_BINS = 20
+
+
+def reference_statistics(probabilities: np.ndarray) -> dict:
+    """What the test split's answers looked like, for the monitor to compare production with: how often
+    each class was answered, and a histogram of the top probability (``PROBABILITY_BINS`` bins on 0..1)."""
+    answered = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) if len(probabilities) else []
+    top = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
+    histogram = np.histogram(top, bins=PROBABILITY_BINS, range=(0.0, 1.0))[0]
+    return {"test_answers": [int(c) for c in answered], "test_probability_histogram": [int(c) for c in histogram]}
 
 
 def export_onnx(model, path: Path) -> None:

@@ -92,6 +92,8 @@ class Settings:
         settings.model = os.environ.get("IMGCLF_MODEL") or settings.model
         settings.variant = os.environ.get("IMGCLF_VARIANT") or settings.variant
         settings.log = os.environ.get("IMGCLF_LOG") or settings.log
+        if settings.log in ("off", "none", "null"):
+            settings.log = None
         settings.capture = os.environ.get("IMGCLF_CAPTURE") or settings.capture
         settings.allow_unfit = os.environ.get("IMGCLF_ALLOW_UNFIT", "") not in ("", "0", "false")
         return settings
