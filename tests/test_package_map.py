@@ -9,7 +9,17 @@ from imgclf.paths import REPO_ROOT
 PACKAGE = REPO_ROOT / "imgclf"
 ORDER = ["data", "train", "evaluate", "ship"]  # a room may import from the rooms before it
 ROOMS = [*ORDER, "team"]
-COMMANDS = {"serve", "tune", "launch", "models", "server", "remote", "ui", "monitor"}  # python -m imgclf.<name>
+COMMANDS = {
+    "serve",
+    "tune",
+    "launch",
+    "models",
+    "server",
+    "remote",
+    "ui",
+    "monitor",
+    "feedback",
+}  # python -m imgclf.<name>
 
 
 def _room(module: str) -> str:

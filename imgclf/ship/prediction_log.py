@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS captures (
     time REAL NOT NULL
 );
 """
-SUFFIXES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
+SUFFIXES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp",
+            b"II*\x00": ".tif", b"MM\x00*": ".tif"}  # fmt: skip
 
 
 class UnknownPrediction(LookupError):
