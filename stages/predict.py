@@ -12,6 +12,8 @@ names, a CSV, or image files, read and prepared the same way.
 import argparse
 import logging
 import typing
+import zipfile
+import zlib
 
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
@@ -30,7 +32,10 @@ def unknown_detector(paths, variant: str) -> Detector | None:
     if not path.is_file():
         log.warning("%s not found: the unknown column stays empty (rerun export-tflite)", path)
         return None
-    return Detector.load(path)
+    try:
+        return Detector.load(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise PipelineError(f"{path}: not a detector export-tflite wrote ({error}); rerun export-tflite") from None
 
 
 def main(params, paths):

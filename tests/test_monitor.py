@@ -114,3 +114,13 @@ def test_corrupt_rows_are_skipped_and_named_and_a_missing_log_is_one_line(world,
     (folder / "garbage.db").write_bytes(b"this is not a database" * 100)
     assert main(["--log", str(folder / "garbage.db"), "--card", str(folder / "card.json")]) == 2
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_only_the_variant_asked_for_and_its_latest_model_are_judged(world):
+    folder, rng = world
+    log = PredictionLog(folder / "logs" / "p.db")
+    _serve(log, _probabilities(30, rng), 0.0, rng)  # int8, model "m"
+    log.append([{"file": "x.png", "label": "cat", "probability": 0.9, "unknown": True}], {0: b"x"}, "m", "float32")
+    log.append([{"file": "y.png", "label": "dog", "probability": 0.9, "unknown": False}], {0: b"y"}, "m2", "int8")
+    code, summary, _ = _monitor(folder)
+    assert code == 0 and summary["model"] == "m2" and summary["requests"] == 1 and summary["other_rows"] == 31

@@ -173,6 +173,24 @@ def test_answers_are_logged_with_an_id_and_feedback_is_recorded_and_counted(mode
         assert f'imgclf_predictions_total{{label="{label}",unknown="{unknown}"}}' in metrics
 
 
+def test_a_log_that_fails_still_answers_without_ids_and_big_feedback_is_413(model_dir, pngs, tmp_path):
+    import sqlite3
+
+    model = str(model_dir / "models/tflite/model_int8.tflite")
+    with TestClient(create_app(Settings(model=model, log=str(tmp_path / "p.db")))) as served:
+
+        def full_disk(*args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        served.app.state.log.append = full_disk
+        prediction = served.post("/v1/predict", files=files(("a.png", pngs[0]))).json()["predictions"][0]
+        assert prediction["label"] in LABELS and "id" not in prediction
+        huge = served.post("/v1/feedback", content=b'{"id": "' + b"x" * 10_000 + b'"}')
+        assert huge.status_code == 413
+        deep = served.post("/v1/feedback", content=b"[" * 2000 + b"]" * 2000)  # 4,000 bytes: read, then refused
+        assert deep.status_code == 422
+
+
 def test_feedback_needs_the_log(client, pngs):
     response = client.post("/v1/feedback", json={"id": "x", "label": "3"})
     assert response.status_code == 503 and "serve.log" in response.json()["detail"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -41,14 +42,17 @@ def reviewed(log_path: Path) -> pd.DataFrame:
     """Each prediction people gave feedback on (their latest word), with what the model answered."""
     if not log_path.is_file():
         raise PipelineError(f"prediction log {log_path} not found: serve with serve.log set, or pass --log")
-    rows = read(
-        log_path,
-        """SELECT p.id, p.label, p.probability, p.unknown, p.model, p.time, p.image_sha256, p.captured,
-                  f.label, f.outcome
-           FROM predictions p JOIN feedback f ON f.prediction_id = p.id
-           WHERE f.id = (SELECT MAX(id) FROM feedback WHERE prediction_id = p.id)
-           ORDER BY f.id""",
-    )
+    try:
+        rows = read(
+            log_path,
+            """SELECT p.id, p.label, p.probability, p.unknown, p.model, p.time, p.image_sha256, p.captured,
+                      f.label, f.outcome
+               FROM predictions p JOIN feedback f ON f.prediction_id = p.id
+               WHERE f.id = (SELECT MAX(id) FROM feedback WHERE prediction_id = p.id)
+               ORDER BY f.id""",
+        )
+    except sqlite3.Error as error:
+        raise PipelineError(f"prediction log {log_path}: cannot be read ({error})") from None
     columns = ["prediction_id", "answered", "probability", "unknown", "model", "predicted_at", "sha256",
                "captured", "label", "outcome"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
@@ -87,7 +91,11 @@ def export(log_path: Path, folder: Path) -> tuple[pd.DataFrame, list[str]]:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, temporary)
+            try:
+                shutil.copyfile(source, temporary)
+            except FileNotFoundError:  # the service evicted it a moment ago (its disk budget)
+                skipped.append(f"{row.prediction_id}: its image was deleted while exporting (disk budget)")
+                continue
             temporary.replace(target)  # a half-copied file never appears under its name
             written.append({
                 "file": target.relative_to(folder).as_posix(), "label": row.label, "outcome": row.outcome,

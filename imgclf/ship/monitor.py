@@ -42,7 +42,7 @@ def read_log(path: Path, labels: list[str], since: float | None = None) -> tuple
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0) as db:
             predictions = pd.read_sql_query(
-                "SELECT id, time, variant, label, probability, unknown, unknown_score FROM predictions", db
+                "SELECT id, time, model, variant, label, probability, unknown, unknown_score FROM predictions", db
             )
             feedback = pd.read_sql_query("SELECT prediction_id, label, outcome, time FROM feedback ORDER BY id", db)
     except (sqlite3.Error, pd.errors.DatabaseError) as error:
@@ -127,7 +127,7 @@ def summarize(
         )
     if enough and summary["unknown_rate"] is not None and summary["unknown_rate"] > params["max_unknown_rate"]:
         alerts.append(f"unknown rate {summary['unknown_rate']:.1%} > monitor.max_unknown_rate {params['max_unknown_rate']:.1%} "
-                      f"(test split: {summary['reference_unknown_rate']:.1%}): inputs unlike the training data")  # fmt: skip
+                      f"(test split: {_percent(summary['reference_unknown_rate'])}): inputs unlike the training data")  # fmt: skip
     if enough and "class_shift" in summary and summary["class_shift"]["p_value"] < params["class_shift_p"]:
         alerts.append(f"the answered classes differ from the test split's (chi-square p {summary['class_shift']['p_value']:.2g} "
                       f"< monitor.class_shift_p {params['class_shift_p']:g})")  # fmt: skip
@@ -212,6 +212,7 @@ def render(summary: dict, figures: list[tuple[str, str]], log_path: Path) -> str
     rows = [
         ("answers", summary["requests"]),
         ("period (UTC)", f"{summary.get('first', '-')} .. {summary.get('last', '-')}"),
+        ("model", f"{summary.get('model')} ({summary.get('variant')}); {summary.get('other_rows', 0)} rows of other models or variants not judged"),
         ("called unknown", _percent(summary["unknown_rate"]) + f" (test split {_percent(summary['reference_unknown_rate'])})"),
         ("answered classes vs test split", _test(summary.get("class_shift"))),
         ("mean top probability", f"{summary['mean_probability']} (test split {summary.get('reference_mean_probability', '-')}); "
@@ -252,9 +253,15 @@ def run(
         )
     since = time.time() - days * 86400 if days else None
     predictions, feedback, skipped = read_log(log_path, labels, since)
-    summary = summarize(predictions, feedback, reference, labels, params)
+    # judge one model: the variant asked for, and of it the model served last (a log outlives redeploys)
+    judged = predictions[predictions["variant"] == variant]
+    model = judged.loc[judged["time"].idxmax(), "model"] if len(judged) else None
+    judged = judged[judged["model"] == model]
+    feedback = feedback[feedback["prediction_id"].isin(judged["id"])]
+    summary = summarize(judged.reset_index(drop=True), feedback, reference, labels, params)
     summary["skipped_rows"] = skipped
-    summary["variant"] = variant
+    summary["variant"], summary["model"] = variant, model
+    summary["other_rows"] = len(predictions) - len(judged)  # other variants or earlier models: not judged here
     write_json(out[0], summary)
     write_text(out[1], render(summary, plots(predictions, summary, reference), log_path))
     return summary

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback(prediction_id);
+CREATE INDEX IF NOT EXISTS predictions_captured ON predictions(captured);
 CREATE TABLE IF NOT EXISTS captures (
     sha256 TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -110,7 +111,12 @@ class PredictionLog:
             return self.db
 
         def __exit__(self, kind, value, traceback) -> None:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            try:
+                self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            except sqlite3.Error:
+                if self.db.in_transaction:  # a failed COMMIT (disk full) must not keep the write lock
+                    self.db.execute("ROLLBACK")
+                raise
 
     def _transaction(self) -> PredictionLog._Transaction:
         return self._Transaction(self._connect())
@@ -121,20 +127,31 @@ class PredictionLog:
         """Whether an image with this answer is kept, by ``serve.capture``."""
         return self.capture == "all" or (self.capture == "unknown" and bool(unknown))
 
-    def _keep(self, db: sqlite3.Connection, sha: str, data: bytes) -> str | None:
-        """The image under captured/ (written once per content), within the budget; its relative path."""
-        if len(data) > self.capture_max_bytes:
-            return None
-        name = f"{sha}{_suffix(data)}"
-        known = db.execute("SELECT path FROM captures WHERE sha256 = ?", (sha,)).fetchone()
-        if known:
-            return known[0]
+    def _write(self, name: str, data: bytes) -> None:
+        """The image under captured/, atomically; the name is its content's hash, so writing it again is
+        harmless (a file left by a transaction that rolled back is reused, never wrong)."""
         self.captured.mkdir(parents=True, exist_ok=True)
         target = self.captured / name
         temporary = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _keep(self, db: sqlite3.Connection, sha: str, data: bytes, evicted: list[Path]) -> str | None:
+        """The image under captured/ (written once per content), within the budget; its relative path.
+        Files evicted to stay in budget are appended to ``evicted``, deleted only once the row commits."""
+        if len(data) > self.capture_max_bytes:
+            return None
+        name = f"{sha}{_suffix(data)}"
         relative = f"captured/{name}"
+        known = db.execute("SELECT path FROM captures WHERE sha256 = ?", (sha,)).fetchone()
+        if known:
+            if not (self.path.parent / known[0]).is_file():
+                self._write(Path(known[0]).name, data)  # deleted by hand meanwhile: put it back
+            return known[0]
+        self._write(name, data)
         db.execute("INSERT INTO captures VALUES (?, ?, ?, ?)", (sha, relative, len(data), time.time()))
         used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM captures").fetchone()[0]
         while used > self.capture_max_bytes:  # oldest first, never the one just kept
@@ -145,21 +162,23 @@ class PredictionLog:
                 break
             db.execute("DELETE FROM captures WHERE sha256 = ?", (oldest[0],))
             db.execute("UPDATE predictions SET captured = NULL WHERE captured = ?", (oldest[1],))
-            (self.path.parent / oldest[1]).unlink(missing_ok=True)
+            evicted.append(self.path.parent / oldest[1])
             used -= oldest[2]
         return relative
 
     def append(self, results: list[dict], images: dict[int, bytes], model: str, variant: str) -> None:
         """Give each answered result an ``id`` and log it; ``images[i]`` is the upload of ``results[i]``.
         One transaction: all of a request's predictions are logged, or none."""
-        now = time.time()
+        now, evicted, kept = time.time(), [], set()
         with self._transaction() as db:
             for i, result in enumerate(results):
                 if "label" not in result:
                     continue
                 data = images[i]
                 sha = hashlib.sha256(data).hexdigest()
-                captured = self._keep(db, sha, data) if self.wants(result.get("unknown")) else None
+                captured = self._keep(db, sha, data, evicted) if self.wants(result.get("unknown")) else None
+                if captured:
+                    kept.add(self.path.parent / captured)
                 result["id"] = uuid.uuid4().hex
                 unknown = result.get("unknown")
                 db.execute(
@@ -167,6 +186,8 @@ class PredictionLog:
                     (result["id"], now, model, variant, result["file"], result["label"], result["probability"],
                      None if unknown is None else int(unknown), result.get("unknown_score"), sha, captured),
                 )  # fmt: skip
+        for path in set(evicted) - kept:  # only now: a transaction that rolled back still has its files
+            path.unlink(missing_ok=True)
 
     # -- feedback --------------------------------------------------------------------------------
 

@@ -46,6 +46,10 @@ class TFLiteClassifier:
             runner = self.interpreter.get_signature_runner(next(iter(signatures)))
             named = {name: details["index"] for name, details in runner.get_output_details().items()}
         outputs = self.interpreter.get_output_details()
+        if len(outputs) > 1 and PROBABILITIES not in named:
+            raise ValueError(
+                f"{self.path}: {len(outputs)} outputs and none named {PROBABILITIES!r}: not a file export-tflite wrote"
+            )
         self._probabilities = named.get(PROBABILITIES, outputs[0]["index"])
         self._features = named.get(FEATURES) if len(outputs) > 1 else None
         self._output = self._details(self._probabilities)
@@ -126,6 +130,10 @@ class OnnxClassifier:
         self._input = self.session.get_inputs()[0]
         self._dtype = np.uint8 if self._input.type == "tensor(uint8)" else np.float32
         names = [output.name for output in self.session.get_outputs()]
+        if len(names) > 1 and PROBABILITIES not in names:
+            raise ValueError(
+                f"{self.path}: outputs {names}, none named {PROBABILITIES!r}: not a file export-tflite wrote"
+            )
         self._outputs = [PROBABILITIES if PROBABILITIES in names else names[0]]
         if FEATURES in names and len(names) > 1:
             self._outputs.append(FEATURES)

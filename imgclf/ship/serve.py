@@ -23,6 +23,7 @@ one batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue
@@ -30,6 +31,8 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import zipfile
+import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
@@ -43,7 +46,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from imgclf.data.images import COLOR_MODES, ImageError, decode, prepare, read_header
-from imgclf.io import read_json
+from imgclf.io import PipelineError, read_json
 from imgclf.ship.export import (  # TensorFlow only loads inside its converter
     VARIANTS,
     blessed_fallback,
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 PAGE = Path(__file__).with_name("static") / "index.html"
 REGISTRY_SCHEMES = ("models:/", "runs:/")
+FEEDBACK_MAX_BYTES = 4096  # {"id": 32 hex, "label": a class name}: far below this
 
 
 class ModelError(RuntimeError):
@@ -303,7 +307,7 @@ def _detector(card: Path, variant: str, classifier) -> Detector | None:
         detector = Detector.load(path)
         probe = np.zeros((1, *classifier.input_shape), np.uint8)
         detector.score(*classifier.predict_with_features(probe))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         raise ModelError(f"{path}: not a detector export-tflite wrote for this model ({error})") from None
     return detector
 
@@ -395,7 +399,6 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from imgclf.io import PipelineError  # a bad params.yaml serve section
 
         try:
             app.state.settings = settings or Settings.load()
@@ -534,7 +537,14 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
                 results = await run_in_threadpool(classify, files, model, settings)
             if app.state.log is not None:  # each answer gets its id here, in one transaction per request
                 uploads_by_position = {i: data for i, (_, data) in enumerate(files) if data is not None}
-                await run_in_threadpool(app.state.log.append, results, uploads_by_position, model.name, model.variant)
+                try:
+                    await run_in_threadpool(
+                        app.state.log.append, results, uploads_by_position, model.name, model.variant
+                    )
+                except (sqlite3.Error, OSError, PipelineError) as error:  # a full disk: answer anyway, unlogged
+                    log.error("prediction log %s: %s; answering without ids", app.state.log.path, error)
+                    for result in results:
+                        result.pop("id", None)
             for result in results:
                 if "error" in result:
                     file_errors.labels(result["error"].split(":", 1)[0]).inc()
@@ -553,9 +563,14 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             return _problem(503, "no model loaded yet")
         if app.state.log is None:
             return _problem(503, "feedback needs the prediction log: set serve.log (or IMGCLF_LOG)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > FEEDBACK_MAX_BYTES:
+                return _problem(413, f"a feedback body is at most {FEEDBACK_MAX_BYTES} bytes")
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
             return _problem(422, 'send JSON: {"id": "<prediction id>", "label": "<class>"}')
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not isinstance(body.get("label"), str):
             return _problem(422, 'send JSON: {"id": "<prediction id>", "label": "<class>"}, both strings')
@@ -565,6 +580,9 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             outcome = await run_in_threadpool(app.state.log.feedback, body["id"], body["label"])
         except UnknownPrediction:
             return _problem(404, f"no prediction with id {body['id']!r} in the log")
+        except (sqlite3.Error, OSError, PipelineError) as error:
+            log.error("prediction log %s: %s", app.state.log.path, error)
+            return _problem(503, f"the prediction log cannot take feedback now: {error}")
         feedback_outcomes.labels(outcome).inc()
         outcome_counts[outcome] += 1
         return {"id": body["id"], "label": body["label"], "outcome": outcome}
@@ -596,7 +614,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    from imgclf.io import PipelineError
 
     try:
         settings = Settings.load()
