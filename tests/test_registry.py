@@ -130,3 +130,19 @@ def test_a_version_whose_shipped_variant_is_not_blessed_is_a_candidate_never_cha
     assert report["comparison"]["lost"] + report["comparison"]["gained"] == 60  # still compared, and recorded
     assert _aliases(client, "m") == {CANDIDATE: "2", CHAMPION: "1"}
     assert client.get_model_version("m", better).tags["blessed"] == "false"
+
+
+def test_a_splits_digest_follows_its_own_images_not_the_other_splits(tmp_path):
+    """New training photos (a feedback export) must leave the test split's digest alone, or promote
+    could never pair the retrained model with the champion."""
+    from imgclf.team.tracking import split_digest
+
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "x-000.npy").write_bytes(split.encode() * 100)
+    test_before = split_digest(tmp_path / "test")
+    (tmp_path / "train" / "x-001.npy").write_bytes(b"new training images")
+    assert split_digest(tmp_path / "test") == test_before
+    (tmp_path / "test" / "x-000.npy").write_bytes(b"other test images")
+    assert split_digest(tmp_path / "test") != test_before
+    assert split_digest(tmp_path / "missing") is None

@@ -157,6 +157,7 @@ def _figure_uri(fig) -> str:
 def plots(predictions: pd.DataFrame, summary: dict, reference: dict) -> list[tuple[str, str]]:
     """(title, data URL) for each plot: classes, confidence, answers and unknown rate by day."""
     import matplotlib
+    import matplotlib.dates
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -198,6 +199,11 @@ def plots(predictions: pd.DataFrame, summary: dict, reference: dict) -> list[tup
         twin.plot(daily.index, daily["unknown"], "o-", color="#c47f00", label="unknown rate")
         twin.set_ylabel("unknown rate")
         twin.set_ylim(0, 1)
+        ax.xaxis.set_major_locator(matplotlib.dates.AutoDateLocator(minticks=1, maxticks=10))
+        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
+        if len(daily) == 1:  # one day: a single bar, centred, not a day's worth of hour ticks
+            day = daily.index[0]
+            ax.set_xlim(day - pd.Timedelta(days=2), day + pd.Timedelta(days=2))
         figures.append(("Over time", _figure_uri(fig)))
     return figures
 

@@ -191,27 +191,32 @@ def run_name(root: Path, model: str, learning_rate: float, batch_size: int) -> s
     return f"{model} lr={learning_rate:g} batch={batch_size}" + (f" @{commit[:7]}" if commit else "")
 
 
-def dvc_hash(root: Path, out: str) -> str | None:
-    """The hash ``dvc.lock`` records for a stage output (``data/preprocessed``), or None if not yet there."""
-    import yaml
+def split_digest(folder: Path) -> str | None:
+    """A hash of one preprocessed split's files (names and bytes, streamed): the same images in the same
+    order give the same digest, whatever happened to the other splits."""
+    import hashlib
 
-    lock = Path(root) / "dvc.lock"
-    if not lock.exists():
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
         return None
-    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-        for entry in stage.get("outs", []):
-            if entry.get("path") == out:
-                return str(entry.get("md5", "")).removesuffix(".dir") or None
-    return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def log_splits(paths: Layout, splits: dict[str, tuple]) -> None:
     """Preprocessed splits as MLflow dataset inputs of the active run ("Datasets" on its page), from
-    ``{split: (x, y, context)}``: name = the split, digest = DVC's hash of ``data/preprocessed`` (so two
-    runs on the same data show the same digest), source = the DVC path at the git commit."""
-    digest = dvc_hash(paths.root, paths.preprocessed.relative_to(paths.root).as_posix())
+    ``{split: (x, y, context)}``: name = the split, digest = a hash of that split's files (two runs
+    tested on the same images show the same digest, so promote can pair them, even when the training
+    images changed: DVC's hash of all of ``data/preprocessed`` changed with every new training photo),
+    source = the DVC path at the git commit."""
     commit = git_commit(paths.root)
     for split, (x, y, context) in splits.items():
+        digest = split_digest(paths.preprocessed_split(split))
         folder = paths.preprocessed_split(split).relative_to(paths.root).as_posix()
         source = f"{folder}@{commit[:7]}" if commit else folder
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
