@@ -65,6 +65,9 @@ class Ingest(Section):
         "fashion-mnist, or a folder of your own images (CSV or class folders); under data/raw, DVC sees them change"
     )
     fashion_mnist_dir: str | None = describe("folder with the four Fashion-MNIST IDX files; null = search")
+    extra: str | None = describe(
+        "class folders of extra training images added to the source (python -m imgclf.feedback export); null = none"
+    )
     limit: PositiveInt | None = describe("images per class per split, for quick runs; null = all")
     classes: list[str] | None = describe("folder datasets: the class list; null = the labels or folders found")
     csv: CsvColumns

@@ -67,14 +67,51 @@ def test_what_cannot_be_exported_is_said(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
     log = PredictionLog(tmp_path / "p.db", capture="unknown")
-    answers = [_answer("T-shirt/top", 0), _answer("cat", 1)]
+    answers = [_answer("cat", 0), _answer("cat", 1)]
     answers[0]["unknown"] = True  # kept
     log.append(answers, {0: _png(1), 1: _png(2)}, "m", "int8")  # the second is not kept (capture: unknown)
-    log.feedback(answers[0]["id"], "T-shirt/top")
+    log.feedback(answers[0]["id"], "cat")
     log.feedback(answers[1]["id"], "cat")
     new, skipped = export(log.path, photos)
-    assert new.empty and len(skipped) == 2
-    assert "'T-shirt/top' cannot be a folder name" in skipped[0] and "was not kept" in skipped[1]
-    assert main(["export", str(tmp_path / "nowhere"), "--log", str(log.path)]) == 2
+    assert len(new) == 1 and len(skipped) == 1 and "was not kept" in skipped[0]
+    assert main(["export", str(tmp_path / "no" / "where"), "--log", str(log.path)]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["export", str(photos), "--log", str(tmp_path / "none.db")]) == 2
+    table = tmp_path / "table"  # a CSV label table: ingest would never see class folders in it
+    table.mkdir()
+    (table / "labels.csv").write_text("image,label\n")
+    assert main(["export", str(table), "--log", str(log.path)]) == 2
+    assert "set ingest.extra" in capsys.readouterr().err and list(table.iterdir()) == [table / "labels.csv"]
+
+
+def test_fashion_mnist_feedback_goes_to_a_folder_of_its_own_that_ingest_extra_trains_on(
+    tmp_path, digits_idx_dir, capsys, monkeypatch
+):
+    from imgclf.data.ingest import ingest, read_ingested
+    from imgclf.paths import Layout
+    from imgclf.ship.feedback import next_step
+    from tests.conftest import shipped
+
+    log = PredictionLog(tmp_path / "p.db", capture="all")
+    answers = [_answer("Shirt", 0), _answer("Bag", 1)]
+    log.append(answers, {0: _png(1), 1: _png(2)}, "m", "int8")
+    log.feedback(answers[0]["id"], "T-shirt/top")  # a class name no folder can hold as it is
+    log.feedback(answers[1]["id"], "Bag")
+    feedback = tmp_path / "raw" / "feedback"
+    feedback.parent.mkdir()
+    new, skipped = export(log.path, feedback)  # a new folder: made for it
+    assert skipped == [] and sorted(new["file"].str.split("/").str[0]) == ["Bag", "T-shirt_top"]
+    assert set(new["label"]) == {"T-shirt/top", "Bag"}  # the manifest keeps the class names
+
+    layout = Layout(tmp_path / "repo")
+    ingest(shipped("ingest", fashion_mnist_dir=str(digits_idx_dir), extra=str(feedback)), layout)
+    _, manifest, _ = read_ingested(layout)
+    extra = manifest[manifest["id"].str.startswith("extra/")]
+    assert sorted(extra["label"]) == ["Bag", "T-shirt/top"] and set(extra["split"]) == {"train"}
+
+    fmnist = shipped("ingest")
+    assert next_step(feedback, fmnist) == (
+        f"next: set ingest.extra: {feedback} in params.yaml, then dvc add {feedback} && dvc repro"
+    )
+    assert next_step(feedback, fmnist | {"extra": str(feedback)}) == f"next: dvc add {feedback} && dvc repro"
+    assert "(now data/raw/x)" in next_step(feedback, fmnist | {"extra": "data/raw/x"})

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -261,6 +262,26 @@ def _unique_ids(rows: pd.DataFrame) -> pd.DataFrame:
         taken.add(f"{id_}#{n}")
         ids.append(f"{id_}#{n}")
     return rows.assign(id=ids)
+
+
+def folder_name(label: str) -> str:
+    """A class name as a folder name: path separators become ``_`` (``T-shirt/top`` -> ``T-shirt_top``),
+    a leading dot goes (hidden folders are not listed). :func:`match_class` maps it back."""
+    name = re.sub(r"[/\\]", "_", label).strip().lstrip(".")
+    return name or "_"
+
+
+def _loose(name: str) -> str:
+    return re.sub(r"[\W_]+", "", name.casefold())
+
+
+def match_class(folder: str, class_names: list[str]) -> str | None:
+    """The class a folder name means: the same name, else the one class equal to it ignoring case,
+    spaces and punctuation (``ankle_boot`` is ``Ankle boot``); None when none or several are."""
+    if folder in class_names:
+        return folder
+    matches = [name for name in class_names if _loose(name) == _loose(folder)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _class_names(params: dict, found: list[str]) -> list[str]:

@@ -1,10 +1,18 @@
 """ingest: read a source dataset into packed images plus a manifest.
 
-Two packed formats, named in ``meta.json``: ``array`` (Fashion-MNIST, one uint8 array in
-``images.npy``: a fixed public dataset, never edited) and ``bytes`` (folder datasets, the
+Packed formats, named in ``meta.json``: ``array`` (Fashion-MNIST, one uint8 array in
+``images.npy``: a fixed public dataset, never edited), ``bytes`` (folder datasets, the
 original files back to back in ``shards/images-SS.bin``, a shard per content hash so a changed
-photo rewrites one shard; decoded later by validate and preprocess; see :mod:`imgclf.data.folders`).
-:class:`IngestedImages` reads either, so later stages need not know which.
+photo rewrites one shard; decoded later by validate and preprocess; see :mod:`imgclf.data.folders`)
+and ``mixed``: Fashion-MNIST's array plus the files of ``ingest.extra`` in shards (the first
+``array_rows`` manifest indices are the array's). :class:`IngestedImages` reads any of them, so
+later stages need not know which.
+
+``ingest.extra`` is a class-folder dataset (``data/raw/feedback``: what
+``python -m imgclf.feedback export`` writes) added to the training pool of any source. Its folder
+names are matched to the source's classes ignoring case and punctuation (``T-shirt_top`` is
+``T-shirt/top``: a class name cannot hold a ``/`` on disk); its images never join the test split,
+so promote judges the retrained model on the test images its champion was judged on.
 
 Fashion-MNIST comes as four IDX files. We look for them, in order, in the folder
 set by ``ingest.fashion_mnist_dir``, in the Debian package's folder, in Keras'
@@ -62,6 +70,7 @@ KERAS_CACHE_DIR = Path.home() / ".keras" / "datasets" / "fashion-mnist"
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 MAP_CHUNK = 512
 MANIFEST_COLUMNS = ["id", "label", "split", "source", "sha256", "index"]
+EXTRA_ID = "extra/"  # the ids (and names) of ingest.extra's rows start with this
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -215,8 +224,10 @@ def load_fashion_mnist(folder: Path, limit: int | None = None) -> Dataset:
 
 
 def ingest(params: dict, paths: Layout) -> dict:
-    """Read the dataset named by ``ingest.source``, write ``data/ingested/``, return its meta."""
+    """Read the dataset named by ``ingest.source`` (plus ``ingest.extra``), write ``data/ingested/``,
+    return its meta."""
     source = str(params["source"])
+    extra_folder = params["extra"]
     if source == "fashion-mnist":
         folder = find_fashion_mnist(params["fashion_mnist_dir"])
         log.info("reading Fashion-MNIST from %s", folder)
@@ -225,13 +236,25 @@ def ingest(params: dict, paths: Layout) -> dict:
         manifest = dataset.manifest[MANIFEST_COLUMNS]
         meta = {"format": "array", "hash": "pixels", "image_shape": list(dataset.images.shape[1:])}
         class_names = dataset.class_names
+        if extra_folder:
+            extra = extra_listing(extra_folder, class_names, params, paths)
+            packed = folders.pack(extra, paths.ingested_shards, params["max_pack_mb"], params["workers"])
+            manifest = mixed_manifest(manifest, packed)
+            meta = {"format": "mixed", "hash": "pixels (array rows), file bytes (extra rows)",
+                    "image_shape": meta["image_shape"], "array_rows": len(dataset.images)}  # fmt: skip
     else:
         warn_if_unwatched(Path(source), paths)
         listing = folders.list_folder(source, params)
         log.info("%s layout: %d rows listed in %s", listing.layout, len(listing.rows), source)
+        class_names = listing.class_names
+        if extra_folder:
+            extra = extra_listing(extra_folder, class_names, params, paths)
+            listing.rows = pd.concat([listing.rows, extra.rows], ignore_index=True)
+            listing.skipped += extra.skipped
         manifest = folders.pack(listing, paths.ingested_shards, params["max_pack_mb"], params["workers"])
         meta = {"format": "bytes", "hash": "file bytes", "layout": listing.layout, "skipped": listing.skipped}
-        class_names = listing.class_names
+    if extra_folder:
+        meta["extra"] = {"folder": str(extra_folder), "rows": int(manifest["id"].str.startswith(EXTRA_ID).sum())}
     counts = manifest.groupby(["split", "label"]).size()
     meta |= {
         "source": source,
@@ -244,14 +267,64 @@ def ingest(params: dict, paths: Layout) -> dict:
     return meta
 
 
-def warn_if_unwatched(source: Path, paths: Layout) -> None:
+def extra_listing(folder: str, class_names: list[str], params: dict, paths: Layout) -> folders.Listing:
+    """``ingest.extra``'s class folders as training rows of the source's classes.
+
+    Ids and sources are prefixed (``extra/...``, the folder as configured) so they never collide
+    with the source's; a folder matching no class keeps its name as the label, which validate
+    quarantines as ``unknown_label`` (counted, never silently dropped).
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise PipelineError(
+            f"ingest.extra={folder!r} is not a folder: null, or class folders of extra training images "
+            "(python -m imgclf.feedback export writes one)"
+        )
+    warn_if_unwatched(path, paths, "ingest.extra")
+    listing = folders.list_folder(path, params | {"classes": None})
+    if listing.layout != "class_folders" or (listing.rows["split"] != "train").any():
+        raise PipelineError(
+            f"ingest.extra={folder!r} must hold one folder per class and nothing else (no CSV, no train/ and "
+            "test/): its images only join training, so the test split promote compares on stays the same"
+        )
+    labels = {name: folders.match_class(name, class_names) for name in listing.class_names}
+    unmatched = sorted(name for name, label in labels.items() if label is None)
+    if unmatched:
+        log.warning(
+            "ingest.extra: folder(s) %s match no class (%s); validate quarantines their images",
+            ", ".join(unmatched),
+            ", ".join(class_names),
+        )
+    rows = listing.rows
+    prefix = Path(folder).as_posix().rstrip("/")
+    rows = rows.assign(
+        id=EXTRA_ID + rows["id"],
+        name=EXTRA_ID + rows["name"],
+        label=[labels.get(label) or label for label in rows["label"]],
+        source=prefix + "/" + rows["source"],
+    )
+    log.info("ingest.extra: %d training images from %s", len(rows), folder)
+    return folders.Listing(rows, class_names, listing.layout, [f"{prefix}/{p}" for p in listing.skipped])
+
+
+def mixed_manifest(array_rows: pd.DataFrame, packed: pd.DataFrame) -> pd.DataFrame:
+    """The array's rows (neutral file columns) then the packed files' rows, indices after the array's."""
+    neutral = {"name": array_rows["id"], "shard": -1, "offset": 0, "nbytes": 0, "file_bytes": 0,
+               "problem_rule": "", "problem": ""}  # fmt: skip
+    array_rows = array_rows.assign(**neutral)
+    packed = packed.assign(index=packed["index"] + len(array_rows))
+    return pd.concat([array_rows, packed[array_rows.columns]], ignore_index=True)
+
+
+def warn_if_unwatched(source: Path, paths: Layout, key: str = "ingest.source") -> None:
     """DVC sees changes only under data/raw (ingest's dependency): say so when the photos are elsewhere."""
     if source.resolve().is_relative_to(paths.raw.resolve()):
         return
     log.warning(
-        "ingest.source %s is outside data/raw, so DVC does not see its photos change: after adding, removing "
+        "%s %s is outside data/raw, so DVC does not see its photos change: after adding, removing "
         "or relabelling photos there, run 'dvc repro -f ingest' before 'dvc repro'; or move the folder under "
         "data/raw and 'dvc add' it (docs/own-images.md)",
+        key,
         source,
     )
 
@@ -308,15 +381,17 @@ class IngestedImages:
     def __init__(self, paths: Layout | None, meta: dict, array: np.ndarray | None = None):
         self._source = (paths, meta) if array is None else None
         self.format = meta["format"]
+        if self.format not in ("array", "bytes", "mixed"):
+            raise PipelineError(f"{paths.ingested_meta}: unknown format {self.format!r}; rerun ingest")
+        # Manifest indices below this are rows of the array, the rest files in shards.
+        self._array_rows = {"array": float("inf"), "bytes": 0, "mixed": meta.get("array_rows", 0)}[self.format]
         if array is not None:
             self._array = array
-        elif self.format == "array":
+        elif self.format in ("array", "mixed"):
             self._array = read_npy(paths.ingested_images)
-        elif self.format == "bytes":
+        if self.format in ("bytes", "mixed"):
             self._folder = paths.ingested_shards
             self._shards: dict[int, np.memmap] = {}  # opened on first use
-        else:
-            raise PipelineError(f"{paths.ingested_meta}: unknown format {self.format!r}; rerun ingest")
 
     @classmethod
     def from_array(cls, images: np.ndarray) -> IngestedImages:
@@ -369,9 +444,13 @@ class IngestedImages:
                         yield results
                         bar.update(len(chunk))
 
+    def in_array(self, row) -> bool:
+        """Whether a manifest row (or :class:`Ref`) is stored as pixels in the array, not as a file."""
+        return int(row.index) < self._array_rows
+
     def raw(self, row) -> np.ndarray:
-        """The stored array (array format) or the file's bytes (bytes format) of a manifest row."""
-        if self.format == "array":
+        """The stored pixels (array rows) or the file's bytes (packed files) of a manifest row."""
+        if self.in_array(row):
             return np.asarray(self._array[int(row.index)])
         if int(row.nbytes) == 0:  # an empty file (validate quarantines it); its shard may be empty too
             return np.zeros(0, np.uint8)
@@ -383,7 +462,7 @@ class IngestedImages:
     def image(self, row, max_pixels: int | None = None) -> np.ndarray:
         """The row's pixels: (H, W) grayscale arrays as stored, files decoded to (H, W, 3) RGB."""
         raw = self.raw(row)
-        return raw if self.format == "array" else images.decode(raw.tobytes(), max_pixels)
+        return raw if self.in_array(row) else images.decode(raw.tobytes(), max_pixels)
 
 
 def read_ingested(paths: Layout) -> tuple[IngestedImages, pd.DataFrame, dict]:

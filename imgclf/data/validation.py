@@ -52,7 +52,7 @@ class ValidationResult:
 
 def _inspect(reader: IngestedImages, ref: Ref, max_pixels: int, phash: bool) -> dict:
     info = {"format": "", "width": 0, "height": 0, "mode": "", "decode_error": "", "phash": ""}
-    if reader.format == "array":
+    if reader.in_array(ref):
         image = reader.raw(ref)
         channels = 1 if image.ndim == 2 else image.shape[2]
         info.update(format="array", height=image.shape[0], width=image.shape[1], mode="L" if channels == 1 else "RGB")
@@ -457,7 +457,9 @@ def _report(
         "image_edges": _stats(np.minimum(kept["width"], kept["height"])),
         "image_widths": _stats(kept["width"]),
         "image_heights": _stats(kept["height"]),
-        "file_mb": _stats(kept["file_bytes"] / 2**20, digits=3) if image_format == "bytes" else None,
+        "file_mb": None
+        if image_format == "array"
+        else _stats(kept.loc[kept["format"] != "array", "file_bytes"] / 2**20, digits=3),
     }
     assert report["rows_in"] == report["rows_kept"] + report["rows_quarantined"]
     return report

@@ -3,13 +3,16 @@
 Every captured image a person confirmed or corrected on the page (``POST /v1/feedback``) is copied
 into the class-folder layout under the label they gave: ``<folder>/<label>/feedback-<hash>.<ext>``,
 or ``<folder>/train/<label>/...`` when the folder has a ``train/`` (the layout with a test folder:
-the test images stay as they are, so promote judges the retrained model on the same ones). New
+the test images stay as they are, so promote judges the retrained model on the same ones). A label
+with a ``/`` gets a folder name ingest maps back (``T-shirt_top`` for ``T-shirt/top``). New
 files only, never an overwrite: an image exported before is skipped. What came from where (the
 prediction id, what the model answered, the outcome) is appended to ``<folder>.feedback.csv``
 *beside* the folder: a CSV inside it is what ingest reads as a label table.
 
-Then ``dvc add data/raw/<photos>`` and ``dvc repro``: the retrained model is a candidate, and
-promote decides on the same test images whether it becomes the champion.
+Two targets: your photos' folder (``ingest.source``), or a folder of its own that ``ingest.extra``
+adds to any source: the way for Fashion-MNIST, whose images are not a folder, or for a dataset with
+a CSV label table. Then ``dvc add`` the folder and ``dvc repro``: the retrained model is a
+candidate, and promote decides on the same test images whether it becomes the champion.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from imgclf.data.folders import detect_layout, folder_name
 from imgclf.io import PipelineError, write_csv
 from imgclf.ship.prediction_log import read
 
@@ -61,8 +65,13 @@ def reviewed(log_path: Path) -> pd.DataFrame:
 def export(log_path: Path, folder: Path) -> tuple[pd.DataFrame, list[str]]:
     """Copy the reviewed, captured images into ``folder``'s class folders; the manifest rows written and
     a line for each reviewed image not exported (and why)."""
-    if not folder.is_dir():
-        raise PipelineError(f"{folder} is not a folder: export into your photos' folder (data/raw/<name>)")
+    if not folder.is_dir() and not folder.parent.is_dir():
+        raise PipelineError(f"{folder.parent} is not a folder: export into data/raw/<name>")
+    if folder.is_dir() and detect_layout(folder) == "csv":
+        raise PipelineError(
+            f"{folder} holds a CSV label table, which ingest reads instead of class folders: export into a "
+            "folder of its own (data/raw/feedback) and set ingest.extra to it"
+        )
     target_root = folder / "train" if (folder / "train").is_dir() else folder
     table = reviewed(log_path)
     manifest = manifest_path(folder)
@@ -77,14 +86,12 @@ def export(log_path: Path, folder: Path) -> tuple[pd.DataFrame, list[str]]:
         source = log_path.parent / row.captured if isinstance(row.captured, str) and row.captured else None
         if f"{row.sha256}/{row.label}" in already:
             continue  # exported before: nothing to do, nothing to say
-        if "/" in row.label or "\\" in row.label or row.label.startswith("."):
-            skipped.append(f"{row.prediction_id}: label {row.label!r} cannot be a folder name")
-        elif source is None or not source.is_file():
+        if source is None or not source.is_file():
             skipped.append(f"{row.prediction_id}: its image was not kept (serve.capture, or its disk budget)")
         elif source.suffix not in IMAGE_SUFFIXES:
             skipped.append(f"{row.prediction_id}: {source.name} is not an image format ingest reads")
         else:
-            name = Path(row.label) / f"feedback-{row.sha256[:16]}{source.suffix}"
+            name = Path(folder_name(row.label)) / f"feedback-{row.sha256[:16]}{source.suffix}"
             target = target_root / name
             if target.exists():
                 skipped.append(f"{row.prediction_id}: {target} exists; not overwritten")
@@ -136,5 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(new)} image(s) exported into {args.folder} ({counts.get('corrected', 0)} corrected, "
           f"{counts.get('correct', 0)} confirmed), {len(skipped)} not; manifest {manifest_path(Path(args.folder))}")  # fmt: skip
     if len(new):
-        print(f"next: dvc add {args.folder} && dvc repro")
+        print(next_step(Path(args.folder), load_section("ingest")))
     return 0
+
+
+def next_step(folder: Path, ingest: dict) -> str:
+    """What to run after an export: the folder must be the source or ``ingest.extra`` to be trained on."""
+    if any(setting and Path(setting).resolve() == folder.resolve() for setting in (ingest["source"], ingest["extra"])):
+        return f"next: dvc add {folder} && dvc repro"
+    instead = f" (now {ingest['extra']})" if ingest["extra"] else ""
+    return f"next: set ingest.extra: {folder} in params.yaml{instead}, then dvc add {folder} && dvc repro"
