@@ -14,6 +14,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
 
 
+def unknown_detector_name(variant: str) -> str:
+    """A variant's out-of-distribution detector file (beside the model card, and so in the MLflow run)."""
+    return f"ood_{variant}.npz"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths of all pipeline artifacts under one repository root."""
@@ -240,7 +245,7 @@ class Layout:
 
     def unknown_detector(self, variant: str) -> Path:
         """A variant's out-of-distribution detector (``ood_<variant>.npz``), beside the model card."""
-        return self.tflite / f"ood_{variant}.npz"
+        return self.tflite / unknown_detector_name(variant)
 
     @property
     def tflite_meta(self) -> Path:

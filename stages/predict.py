@@ -12,8 +12,6 @@ names, a CSV, or image files, read and prepared the same way.
 import argparse
 import logging
 import typing
-import zipfile
-import zlib
 
 from imgclf.io import PipelineError, read_json, write_csv
 from imgclf.params import Variant
@@ -34,7 +32,7 @@ def unknown_detector(paths, variant: str) -> Detector | None:
         return None
     try:
         return Detector.load(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+    except (OSError, ValueError) as error:
         raise PipelineError(f"{path}: not a detector export-tflite wrote ({error}); rerun export-tflite") from None
 
 

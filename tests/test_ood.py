@@ -74,3 +74,25 @@ def test_few_images_still_fit_with_shrinkage():
     p, f, y = draw(30)
     detector, oof = ood.fit_with_threshold("mahalanobis", p, f, y, 0.1, folds=5)
     assert np.isfinite(oof).all() and np.isfinite(detector.threshold)
+
+
+def test_a_damaged_detector_file_is_one_value_error(tmp_path):
+    draw, _ = _world()
+    p, f, y = draw(50)
+    good = tmp_path / "good.npz"
+    ood.fit("knn", p, f, y).save(good)
+    data = good.read_bytes()
+    damaged = {
+        "not_a_zip": b"not an npz",
+        "truncated": data[: len(data) // 2],
+        "flipped": data[:200] + bytes(b ^ 0xFF for b in data[200:260]) + data[260:],  # inside a compressed member
+    }
+    for name, content in damaged.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+        with pytest.raises(ValueError):
+            ood.Detector.load(tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))  # an npz, but no detector in it
+    with pytest.raises(ValueError, match="not a saved detector"):
+        ood.Detector.load(tmp_path / "foreign.npz")
+    with pytest.raises(OSError):
+        ood.Detector.load(tmp_path / "missing.npz")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -44,19 +43,14 @@ def manifest_path(folder: Path) -> Path:
 
 def reviewed(log_path: Path) -> pd.DataFrame:
     """Each prediction people gave feedback on (their latest word), with what the model answered."""
-    if not log_path.is_file():
-        raise PipelineError(f"prediction log {log_path} not found: serve with serve.log set, or pass --log")
-    try:
-        rows = read(
-            log_path,
-            """SELECT p.id, p.label, p.probability, p.unknown, p.model, p.time, p.image_sha256, p.captured,
-                      f.label, f.outcome
-               FROM predictions p JOIN feedback f ON f.prediction_id = p.id
-               WHERE f.id = (SELECT MAX(id) FROM feedback WHERE prediction_id = p.id)
-               ORDER BY f.id""",
-        )
-    except sqlite3.Error as error:
-        raise PipelineError(f"prediction log {log_path}: cannot be read ({error})") from None
+    rows = read(
+        log_path,
+        """SELECT p.id, p.label, p.probability, p.unknown, p.model, p.time, p.image_sha256, p.captured,
+                  f.label, f.outcome
+           FROM predictions p JOIN feedback f ON f.prediction_id = p.id
+           WHERE f.id = (SELECT MAX(id) FROM feedback WHERE prediction_id = p.id)
+           ORDER BY f.id""",
+    )
     columns = ["prediction_id", "answered", "probability", "unknown", "model", "predicted_at", "sha256",
                "captured", "label", "outcome"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)

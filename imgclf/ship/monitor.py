@@ -20,7 +20,6 @@ import html
 import io
 import logging
 import math
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf.io import PipelineError, read_json, write_json, write_text
+from imgclf.ship.prediction_log import read
 
 log = logging.getLogger(__name__)
 ALERT_EXIT, ERROR_EXIT = 1, 2
@@ -37,16 +37,10 @@ ALERT_EXIT, ERROR_EXIT = 1, 2
 def read_log(path: Path, labels: list[str], since: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The log's predictions (rows that make sense for this model) and latest feedback per prediction,
     and a line for each row skipped."""
-    if not path.is_file():
-        raise PipelineError(f"prediction log {path} not found: serve with serve.log set, or pass --log")
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0) as db:
-            predictions = pd.read_sql_query(
-                "SELECT id, time, model, variant, label, probability, unknown, unknown_score FROM predictions", db
-            )
-            feedback = pd.read_sql_query("SELECT prediction_id, label, outcome, time FROM feedback ORDER BY id", db)
-    except (sqlite3.Error, pd.errors.DatabaseError) as error:
-        raise PipelineError(f"prediction log {path}: cannot be read ({error})") from None
+    columns = ["id", "time", "model", "variant", "label", "probability", "unknown", "unknown_score"]
+    predictions = pd.DataFrame(read(path, f"SELECT {', '.join(columns)} FROM predictions"), columns=columns)
+    columns = ["prediction_id", "label", "outcome", "time"]
+    feedback = pd.DataFrame(read(path, f"SELECT {', '.join(columns)} FROM feedback ORDER BY id"), columns=columns)
     skipped = []
     probability = pd.to_numeric(predictions["probability"], errors="coerce")
     stamp = pd.to_numeric(predictions["time"], errors="coerce")

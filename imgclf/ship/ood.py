@@ -28,6 +28,8 @@ the test split and reports it.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,9 +107,13 @@ class Detector:
 
     @classmethod
     def load(cls, path: Path) -> Detector:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k.removeprefix("array_"): data[k] for k in data.files if k.startswith("array_")}
-            return cls(str(data["name"]), arrays, float(data["threshold"]))
+        """The detector :meth:`save` wrote; OSError when it cannot be read, ValueError when it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k.removeprefix("array_"): data[k] for k in data.files if k.startswith("array_")}
+                return cls(str(data["name"]), arrays, float(data["threshold"]))
+        except (KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # a damaged or foreign file
+            raise ValueError(f"not a saved detector ({type(error).__name__}: {error})") from None
 
 
 def fit(
@@ -162,10 +168,14 @@ def calibrate(
     detector: Detector, probabilities: np.ndarray, features: np.ndarray | None, unknown_rate: float
 ) -> Detector:
     """Set the threshold so that ``unknown_rate`` of these held-out in-distribution images score above it."""
-    scores = detector.score(probabilities, features)
-    finite = scores[np.isfinite(scores)]
-    detector.threshold = float(np.quantile(finite, 1.0 - unknown_rate)) if len(finite) else float("inf")
+    detector.threshold = _threshold(detector.score(probabilities, features), unknown_rate)
     return detector
+
+
+def _threshold(scores: np.ndarray, unknown_rate: float) -> float:
+    """The score above which ``unknown_rate`` of these in-distribution scores lie (inf when none is finite)."""
+    finite = scores[np.isfinite(scores)]
+    return float(np.quantile(finite, 1.0 - unknown_rate)) if len(finite) else float("inf")
 
 
 def fit_with_threshold(
@@ -192,6 +202,5 @@ def fit_with_threshold(
                    seed=seed, **options)  # fmt: skip
         scores[held] = part.score(probabilities[held], None if features is None else features[held])
     detector = fit(name, probabilities, features, labels, seed=seed, **options)
-    finite = scores[np.isfinite(scores)]
-    detector.threshold = float(np.quantile(finite, 1.0 - unknown_rate)) if len(finite) else float("inf")
+    detector.threshold = _threshold(scores, unknown_rate)
     return detector, scores

@@ -27,7 +27,7 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-from imgclf.io import file_lock
+from imgclf.io import PipelineError, file_lock
 
 CAPTURE = ("off", "unknown", "all")
 OUTCOMES = ("correct", "corrected")
@@ -212,6 +212,13 @@ class PredictionLog:
 
 
 def read(path: str | Path, query: str, parameters: tuple = ()) -> list[tuple]:
-    """Rows of a read-only query on a log (the monitor and the feedback export read it this way)."""
-    with closing(sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30.0)) as db:
-        return db.execute(query, parameters).fetchall()
+    """Rows of a read-only query on a log (the monitor and the feedback export read it this way);
+    a one-line PipelineError when there is no log or it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"prediction log {path} not found: serve with serve.log set, or pass --log")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)) as db:
+            return db.execute(query, parameters).fetchall()
+    except sqlite3.Error as error:
+        raise PipelineError(f"prediction log {path}: cannot be read ({error})") from None

@@ -31,8 +31,6 @@ import shutil
 import sqlite3
 import tempfile
 import time
-import zipfile
-import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
@@ -47,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from imgclf.data.images import COLOR_MODES, ImageError, decode, prepare, read_header
 from imgclf.io import PipelineError, read_json
+from imgclf.paths import unknown_detector_name
 from imgclf.ship.export import (  # TensorFlow only loads inside its converter
     VARIANTS,
     blessed_fallback,
@@ -192,7 +191,7 @@ def _registry_files(uri: str, variant: str) -> tuple[Path, Path, dict, str | Non
         model = Path(client.download_artifacts(run_id, artifact, str(folder)))
         card = Path(client.download_artifacts(run_id, "tflite/model_card.json", str(folder)))
         try:  # a run exported before unknown detectors has none: served without one, and said so
-            client.download_artifacts(run_id, f"tflite/ood_{variant}.npz", str(folder))
+            client.download_artifacts(run_id, f"tflite/{unknown_detector_name(variant)}", str(folder))
         except (mlflow.exceptions.MlflowException, OSError):
             pass
     except (mlflow.exceptions.MlflowException, OSError) as error:
@@ -294,10 +293,24 @@ def load_model(settings: Settings) -> LoadedModel:
     )
 
 
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is over ``limit`` bytes: by its Content-Length when
+    it declares one, else (or if it lies) while it streams in, so memory never holds more."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def _detector(card: Path, variant: str, classifier) -> Detector | None:
     """The variant's unknown detector (``ood_<variant>.npz`` beside the card), checked on a probe image;
     None, with a warning, for a model exported before detectors (every answer then has ``unknown: null``)."""
-    path = card.parent / f"ood_{variant}.npz"
+    path = card.parent / unknown_detector_name(variant)
     if not path.is_file():
         log.warning(
             "no unknown detector (%s) for this model: answers carry unknown: null; rerun export-tflite", path.name
@@ -307,7 +320,7 @@ def _detector(card: Path, variant: str, classifier) -> Detector | None:
         detector = Detector.load(path)
         probe = np.zeros((1, *classifier.input_shape), np.uint8)
         detector.score(*classifier.predict_with_features(probe))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+    except (OSError, ValueError) as error:
         raise ModelError(f"{path}: not a detector export-tflite wrote for this model ({error})") from None
     return detector
 
@@ -501,16 +514,10 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             return _problem(503, "no model loaded yet")
         if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return _problem(415, "send the images as multipart/form-data, one 'file' field each")
-        limit = int(settings.max_upload_mb * MB)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return _problem(413, f"request body {int(declared) / MB:.1f} MB > limit {settings.max_upload_mb:g} MB")
-        body = bytearray()
-        async for chunk in request.stream():  # also bounds a body sent without Content-Length
-            body += chunk
-            if len(body) > limit:
-                return _problem(413, f"request body > limit {settings.max_upload_mb:g} MB")
-        request._body = bytes(body)  # Starlette's form parser reads the body already received
+        body = await _read_body(request, int(settings.max_upload_mb * MB))
+        if body is None:
+            return _problem(413, f"request body > limit {settings.max_upload_mb:g} MB")
+        request._body = body  # Starlette's form parser reads the body already received
         try:
             form = await request.form(max_files=settings.max_files, max_fields=settings.max_files + 100)
         except HTTPException as error:
@@ -563,11 +570,9 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
             return _problem(503, "no model loaded yet")
         if app.state.log is None:
             return _problem(503, "feedback needs the prediction log: set serve.log (or IMGCLF_LOG)")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > FEEDBACK_MAX_BYTES:
-                return _problem(413, f"a feedback body is at most {FEEDBACK_MAX_BYTES} bytes")
+        body = await _read_body(request, FEEDBACK_MAX_BYTES)
+        if body is None:
+            return _problem(413, f"a feedback body is at most {FEEDBACK_MAX_BYTES} bytes")
         try:
             body = json.loads(body)
         except (ValueError, RecursionError):
