@@ -3,17 +3,22 @@
 Runs after evaluate and export-tflite, and honours their verdicts: a model that evaluate found not
 fit to ship (reports/eval/verdict.json: at chance, or below the baseline beyond noise) gets no alias
 at all; one whose shipped variant (``serve.variant``) export did not bless (reports/shipped.json)
-is a candidate, never champion. The decision, with the paired comparison behind it, goes to
-reports/promotion.json and to the training's MLflow run.
+is a candidate, never champion. A champion tested on other images (the test folder changed) is
+scored again with its shipped file on this test split, beside the candidate's shipped file. The
+decision, with the paired comparison behind it, goes to reports/promotion.json and to the
+training's MLflow run.
 """
 
 import logging
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from imgclf.data.shards import read_split
 from imgclf.io import read_json, require, write_json
+from imgclf.params import load_section
 from imgclf.ship import registry
 from imgclf.stage import run_stage
 from imgclf.team import tracking
@@ -55,6 +60,7 @@ def main(params, paths):
                 float(params["min_gain"]),
                 float(params["significance"]),
                 blocked=unblessed,
+                test=test_images(paths),
             )
             alias = registry.CHAMPION if report["promote"] else registry.CANDIDATE
         mlflow.set_tags({"promotion": alias, "promotion_reason": report["reason"]})
@@ -63,6 +69,18 @@ def main(params, paths):
     say = log.error if alias == "refused" else log.info
     say("%s version %s is %s: %s", report["registered_model"], report["version"], alias, report["reason"])
     return [paths.promotion]
+
+
+def test_images(paths) -> registry.TestImages | None:
+    """This test split and the shipped file (serve.variant), read lazily: only a champion tested on
+    other images needs them."""
+    variant = load_section("serve")["variant"]
+    shipped_file = paths.exported_model(variant)
+    if not shipped_file.is_file():
+        return None
+    images, labels = read_split(paths, "test", lazy=True)
+    class_names = read_json(require(paths.preprocessed_meta, "preprocess"))["class_names"]
+    return registry.TestImages(images, np.asarray(class_names)[labels], class_names, shipped_file, variant)
 
 
 if __name__ == "__main__":

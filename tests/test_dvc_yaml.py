@@ -13,7 +13,7 @@ PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 
 # The one key a stage reads from another's section, and why: the headline of export-tflite
 # (reports/shipped.json) is the variant the service ships.
-BORROWED = {"export-tflite": {"serve.variant"}}
+BORROWED = {"export-tflite": {"serve.variant"}, "promote": {"serve.variant"}}  # the shipped variant
 
 
 def _names(entries):

@@ -146,3 +146,83 @@ def test_a_splits_digest_follows_its_own_images_not_the_other_splits(tmp_path):
     (tmp_path / "test" / "x-000.npy").write_bytes(b"other test images")
     assert split_digest(tmp_path / "test") != test_before
     assert split_digest(tmp_path / "missing") is None
+
+
+def _quadrant_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images whose class is the bright quadrant: a task two hand-set networks can be told apart on."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, count)
+    images = rng.integers(0, 60, (count, 8, 8, 1)).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        row, column = divmod(int(label), 2)
+        image[row * 4 : row * 4 + 4, column * 4 : column * 4 + 4] += 150
+    return images, labels
+
+
+def _shipped_file(folder, swap: bool):
+    """A float32 .tflite of a network summing each quadrant (``swap``: classes 2 and 3 confused), as
+    export-tflite writes it (two named outputs)."""
+    import keras
+
+    from imgclf.paths import Layout
+    from imgclf.ship import export
+
+    inputs = keras.Input((8, 8, 1))
+    flat = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    outputs = keras.layers.Dense(4, activation="softmax")(flat)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((64, 4), np.float32)
+    for label in range(4):
+        row, column = divmod(label, 2)
+        target = {2: 3, 3: 2}.get(label, label) if swap else label
+        for r in range(row * 4, row * 4 + 4):
+            for c in range(column * 4, column * 4 + 4):
+                kernel[r * 8 + c, target] = 1.0
+    model.layers[-1].set_weights([kernel, np.zeros(4, np.float32)])
+    return export.export_all(export.with_features(model), ["float32"], None, Layout(folder))["float32"]
+
+
+def test_a_champion_tested_on_other_images_is_scored_again_with_its_shipped_file(client, tmp_path):
+    """The test folder changed since the champion was trained: both shipped files run on the new test
+    images, and the paired test decides; without its file, the champion stays and the report says why."""
+    import json
+
+    from imgclf.ship.registry import TestImages
+
+    labels = ["c0", "c1", "c2", "c3"]
+    champion_file = _shipped_file(tmp_path / "champion", swap=True)  # right on about half
+    candidate_file = _shipped_file(tmp_path / "candidate", swap=False)  # right on all
+    card = tmp_path / "model_card.json"
+    card.write_text(json.dumps({"labels": labels, "input": {"shape": [1, 8, 8, 1]}}))
+    old = _register(client, "m", 300, tmp_path, digest="old-test-folder")
+    with mlflow.start_run(run_id=client.get_model_version("m", old).run_id):
+        mlflow.log_artifact(str(champion_file), "tflite")
+        mlflow.log_artifact(str(card), "tflite")
+    promote(client, "m", old, pd.DataFrame({"actual": ACTUAL, "predicted": _predicted(300)}), 0.0, 0.05)
+
+    images, y = _quadrant_images(200, seed=3)
+    test = TestImages(images, np.asarray(labels)[y], labels, candidate_file, "float32")
+    new = _register(client, "m", 400, tmp_path, digest="new-test-folder")
+    report = promote(client, "m", new, pd.DataFrame({"actual": ACTUAL, "predicted": ACTUAL}), 0.0, 0.05, test=test)
+    assert report["rescored"] and report["promote"] and report["champion_after"] == new
+    assert report["comparison"]["samples"] == 200 and report["comparison"]["gained"] == 0
+    assert report["comparison"]["lost"] == int(np.isin(y, [2, 3]).sum())  # the champion's swapped classes
+    assert "scored again on these 200 test images" in report["reason"]
+
+    # a champion whose run has no shipped file (exported before, or artifacts deleted): not compared
+    newer = _register(client, "m", 400, tmp_path, digest="newer-test-folder")
+    report = promote(client, "m", newer, pd.DataFrame({"actual": ACTUAL, "predicted": ACTUAL}), 0.0, 0.05, test=test)
+    assert not report["rescored"] and not report["promote"] and report["champion_after"] == new
+    assert "could not be scored on these test images: its run has no tflite/model_float32.tflite" in report["reason"]
+
+    # another image size, or other classes: not compared either, and said so
+    with mlflow.start_run(run_id=client.get_model_version("m", new).run_id):
+        mlflow.log_artifact(str(candidate_file), "tflite")
+        mlflow.log_artifact(str(card), "tflite")
+    smaller = TestImages(images[:, :4, :4], test.actual, labels, candidate_file, "float32")
+    report = promote(client, "m", newer, pd.DataFrame({"actual": ACTUAL, "predicted": ACTUAL}), 0.0, 0.05, test=smaller)
+    assert not report["promote"] and "it takes (8, 8, 1) images, these test images are (4, 4, 1)" in report["reason"]
+    renamed = TestImages(images, test.actual, ["a", "b", "c", "d"], candidate_file, "float32")
+    report = promote(client, "m", newer, pd.DataFrame({"actual": ACTUAL, "predicted": ACTUAL}), 0.0, 0.05, test=renamed)
+    assert not report["promote"] and "it answers other classes (c0, c1, c2, c3)" in report["reason"]
+    assert _aliases(client, "m") == {CANDIDATE: newer, CHAMPION: new}

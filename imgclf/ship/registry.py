@@ -4,15 +4,23 @@ champion by more than noise on the same test images.
 
 The comparison is paired, on the images both models were tested on: McNemar's exact test on the
 images where they disagree (:func:`imgclf.evaluate.metrics.paired_comparison`), as the export gate does.
-Two models tested on different data (the test split's digest differs) cannot be paired: the
-champion stays, and the report says so; a person can still move the alias by hand. Export gates
+When the champion was tested on other data (the test split's digest differs: test photos were
+added or relabelled since), its predictions cannot be paired with the candidate's; given the
+candidate's test images (:class:`TestImages`), promote then runs both models' shipped files
+(``serve.variant``, from the champion's MLflow run) on those images and pairs those answers. A
+champion whose file is gone, or that takes other classes or another image size, cannot be scored
+again: it stays, and the report says why; a person can still move the alias by hand. Export gates
 need no check here: the promote stage runs only after export-tflite succeeded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +41,17 @@ class ScoredModel:
     test_digest: str | None
     actual: np.ndarray  # class names, in the test split's order
     predicted: np.ndarray
+
+
+@dataclass
+class TestImages:
+    """The candidate's test split as its shipped file sees it, to score a champion tested on other data."""
+
+    images: np.ndarray  # uint8 (N, H, W, C), as preprocess wrote them
+    actual: np.ndarray  # class names
+    labels: list[str]  # the candidate's classes, in output order
+    candidate_file: Path  # the candidate's shipped file (serve.variant)
+    variant: str
 
 
 @dataclass
@@ -91,6 +110,46 @@ def scored_model(client, version, predictions: pd.DataFrame | None = None) -> Sc
     )
 
 
+def shipped_answers(path: Path, images: np.ndarray, labels: list[str]) -> np.ndarray:
+    """The class names an exported file answers for these images (LiteRT or onnxruntime, no TensorFlow)."""
+    from imgclf.ship.runtime import load_classifier
+
+    return np.asarray(labels)[load_classifier(path).predict(images).argmax(axis=1)]
+
+
+def rescore(
+    client, candidate: ScoredModel, champion_version, test: TestImages
+) -> tuple[ScoredModel, ScoredModel] | str:
+    """Candidate and champion as shipped, both run on the candidate's test images; or why the champion
+    cannot be (its file is gone, other classes, another input size)."""
+    import mlflow
+
+    artifact = "onnx/model.onnx" if test.variant == "onnx" else f"tflite/model_{test.variant}.tflite"
+    folder = Path(tempfile.mkdtemp(prefix="imgclf-champion-"))
+    try:
+        try:
+            path = Path(client.download_artifacts(champion_version.run_id, artifact, str(folder)))
+            card = json.loads(Path(client.download_artifacts(champion_version.run_id, "tflite/model_card.json",
+                                                             str(folder))).read_text())  # fmt: skip
+        except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
+            return f"its run has no {artifact} to run on these test images ({type(error).__name__})"
+        if card.get("labels") != test.labels:
+            return f"it answers other classes ({', '.join(card.get('labels') or [])})"
+        wanted = tuple(card.get("input", {}).get("shape", [])[1:])
+        if wanted != test.images.shape[1:]:
+            return f"it takes {wanted} images, these test images are {test.images.shape[1:]}"
+        champion = shipped_answers(path, test.images, test.labels)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    answers = shipped_answers(test.candidate_file, test.images, test.labels)
+    return (
+        ScoredModel(candidate.version, candidate.run_id, candidate.test_digest, test.actual, answers),
+        ScoredModel(
+            str(champion_version.version), champion_version.run_id, candidate.test_digest, test.actual, champion
+        ),
+    )
+
+
 def _aliased(client, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
@@ -106,18 +165,33 @@ def promote(
     min_gain: float,
     significance: float,
     blocked: str | None = None,
+    test: TestImages | None = None,
 ) -> dict:
     """Set ``candidate`` on ``version`` (unless a newer version holds it: a rerun for an older model,
     say after an evaluate-only change, must not move it back), decide on ``champion``, return the report.
-    ``blocked``: why it may not be champion whatever its accuracy (the variant it would ship is not blessed)."""
+    ``blocked``: why it may not be champion whatever its accuracy (the variant it would ship is not blessed).
+    ``test``: the candidate's test images, to score again a champion tested on other data."""
     newest = _aliased(client, name, CANDIDATE)
     if newest is None or int(newest.version) <= int(version):
         client.set_registered_model_alias(name, CANDIDATE, version)
     candidate = scored_model(client, client.get_model_version(name, version), predictions)
     current = _aliased(client, name, CHAMPION)
     champion = scored_model(client, current) if current is not None else None
+    rescored = None
     if current is not None and champion is None:
         decision = Decision(False, f"the champion (version {current.version}) has no test predictions to compare")
+    elif champion is not None and test is not None and _other_data(candidate, champion):
+        rescored = rescore(client, candidate, current, test)
+        if isinstance(rescored, str):
+            decision = decide(candidate, champion, min_gain, significance)
+            decision.reason += f"; it could not be scored on these test images: {rescored}"
+            rescored = None
+        else:
+            decision = decide(*rescored, min_gain, significance)
+            decision.reason = (
+                f"{decision.reason} (the champion was tested on other images: both shipped {test.variant} "
+                f"files scored again on these {len(test.actual)} test images)"
+            )
     else:
         decision = decide(candidate, champion, min_gain, significance)
     if blocked:
@@ -131,7 +205,14 @@ def promote(
         "champion_before": None if current is None else str(current.version),
         "champion_after": version if decision.promote else (None if current is None else str(current.version)),
         **asdict(decision),
+        "rescored": rescored is not None,  # both shipped files run on this test split
     }
+
+
+def _other_data(candidate: ScoredModel, champion: ScoredModel) -> bool:
+    return champion.version != candidate.version and (
+        champion.test_digest != candidate.test_digest or len(champion.actual) != len(candidate.actual)
+    )
 
 
 def refuse(client, name: str, version: str, reason: str) -> dict:
