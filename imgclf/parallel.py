@@ -12,9 +12,12 @@ uses these pools keeps its work under ``if __name__ == "__main__":`` (every stag
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 PRELOAD = ["imgclf.data.ingest"]  # numpy, pandas, OpenCV: imported once, not once per worker
 
@@ -24,3 +27,29 @@ def process_pool(workers: int, initializer: Callable | None = None, initargs: tu
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (cgroup v2
+    ``cpu.max``, or v1's CFS quota), rounded up. ``os.cpu_count()`` counts the whole node's cores
+    inside a container, and one busy worker per node core under a 2-CPU limit only queues."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(cgroup)
+    return max(1, min(count, math.ceil(limit)) if limit else count)
+
+
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:  # cgroup v1: a quota of -1 means no limit
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None

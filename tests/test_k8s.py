@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from imgclf.io import PipelineError
 from imgclf.params import load_section
 from imgclf.ship.prediction_log import CAPTURE
 from imgclf.ship.serve import create_app
@@ -192,3 +193,30 @@ def test_the_autoscaler_targets_the_workload_and_owns_its_replicas():
     assert "replicas" not in WORKLOAD["spec"], "a fixed replica count is reset by every kubectl apply"
     cpu = [m["resource"] for m in HPA["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
     assert cpu and 0 < cpu[0]["target"]["averageUtilization"] <= 100
+
+
+def test_the_service_sizes_its_pool_by_the_containers_cpu_limit_not_the_nodes_cores(tmp_path, monkeypatch):
+    """A pod limited to 2 CPUs on a 64-core node: one model instance per core it may use."""
+    import os
+
+    from imgclf.parallel import usable_cpus
+    from imgclf.ship.serve import Settings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    v2, v1, none = tmp_path / "v2", tmp_path / "v1", tmp_path / "none"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text(f"{int(cpu_cores(CONTAINER['resources']['limits']['cpu']) * 100000)} 100000\n")
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")  # 1.5 CPUs: rounded up
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    none.mkdir()
+    (none / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(v2) == cpu_cores(CONTAINER["resources"]["limits"]["cpu"]) == 2
+    assert usable_cpus(v1) == 2 and usable_cpus(none) == 64 and usable_cpus(tmp_path / "missing") == 64
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the service's defaults, then the environment
+    monkeypatch.setenv("IMGCLF_WORKERS", "3")
+    assert Settings.load().workers == 3
+    monkeypatch.setenv("IMGCLF_WORKERS", "two")
+    with pytest.raises(PipelineError, match="IMGCLF_WORKERS='two'"):
+        Settings.load()

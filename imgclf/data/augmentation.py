@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from imgclf.io import PipelineError, atomic_path
-from imgclf.parallel import process_pool
+from imgclf.parallel import process_pool, usable_cpus
 
 log = logging.getLogger(__name__)
 CHUNK_SIZE = 2048
@@ -146,7 +146,7 @@ def materialize(
     groups = np.zeros(len(images), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     if len(groups) != len(images) or np.any(np.diff(groups) < 0):
         raise ValueError("groups must give one non-decreasing group per image")
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     policy_dict = A.to_dict(policy)
     jobs = []  # (output offset, first image, images, seed)
     offset = 0

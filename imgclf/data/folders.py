@@ -37,6 +37,7 @@ from tqdm import tqdm
 from imgclf.data.images import resolve_inside
 from imgclf.data.shards import remove_stale, shard_of, shard_path
 from imgclf.io import PipelineError, atomic_path
+from imgclf.parallel import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +364,7 @@ def pack(listing: Listing, shard_folder: Path, max_pack_mb: float, workers: int 
     outputs: dict[int, BinaryIO] = {}
     with (
         contextlib.ExitStack() as shards,
-        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool,
         tqdm(total=len(rows), desc="pack", unit="img", disable=None) as bar,
     ):
         bar.update(len(rows) - len(readable))

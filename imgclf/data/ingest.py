@@ -27,7 +27,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from tqdm import tqdm
 from imgclf.data import folders, images
 from imgclf.data.shards import shard_path
 from imgclf.io import PipelineError, read_json, read_npy, require, write_csv, write_json, write_npy
-from imgclf.parallel import process_pool
+from imgclf.parallel import process_pool, usable_cpus
 from imgclf.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -426,7 +425,7 @@ class IngestedImages:
 
         ``function`` must be a module-level function (workers import it by name).
         """
-        workers = workers or os.cpu_count() or 1
+        workers = workers or usable_cpus()
         size = max(1, min(MAP_CHUNK, -(-len(refs) // (4 * workers))))  # small datasets use every worker too
         chunks = [refs[start : start + size] for start in range(0, len(refs), size)]
         with tqdm(total=len(refs), desc=desc, unit="img", disable=None) as bar:

@@ -16,8 +16,8 @@ card's size and colour mode), so a served prediction equals the predict stage's 
 
 The model comes from ``IMGCLF_MODEL`` (a path or ``models:/<name>@<alias>``), else ``serve.model``
 in params.yaml, else the exported file in ``models/``. Interpreters are not thread-safe: the
-service keeps ``serve.workers`` of them in a pool, and each request's images go to one of them as
-one batch.
+service keeps ``serve.workers`` (``IMGCLF_WORKERS``; by default one per core it may use) of them in
+a pool, and each request's images go to one of them as one batch.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from imgclf.data.images import COLOR_MODES, ImageError, decode, prepare, read_header
 from imgclf.io import PipelineError, read_json
+from imgclf.parallel import usable_cpus
 from imgclf.paths import unknown_detector_name
 from imgclf.ship.export import (  # TensorFlow only loads inside its converter
     VARIANTS,
@@ -99,6 +100,10 @@ class Settings:
             settings.log = None
         settings.capture = os.environ.get("IMGCLF_CAPTURE") or settings.capture
         settings.allow_unfit = os.environ.get("IMGCLF_ALLOW_UNFIT", "") not in ("", "0", "false")
+        if workers := os.environ.get("IMGCLF_WORKERS"):
+            if not workers.isdigit() or int(workers) < 1:
+                raise PipelineError(f"IMGCLF_WORKERS={workers!r}: a number of model instances, 1 or more")
+            settings.workers = int(workers)
         return settings
 
 
@@ -257,8 +262,8 @@ def load_model(settings: Settings) -> LoadedModel:
             )
         if unfit:
             log.warning("serving a model NOT FIT TO SHIP (IMGCLF_ALLOW_UNFIT): %s", unfit)
-        workers = settings.workers or os.cpu_count() or 1
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        workers = settings.workers or usable_cpus()  # a container's CPU limit, not the node's cores
+        threads = max(1, usable_cpus() // workers)
         pool: queue.Queue = queue.Queue()
         try:
             for _ in range(workers):
