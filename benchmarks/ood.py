@@ -16,7 +16,8 @@ Each detector of :mod:`imgclf.ship.ood` is fitted and thresholded as export does
 threshold on the validation split, or out of fold when it is small), on the same variant's outputs.
 AUROC: in-distribution test images against each other set (higher score = unknown). "unknown" is
 the share called unknown at the threshold; for the test split, that is the in-distribution rate
-(the target: at most 5 %).
+(the target: at most 5 %). "ms / image": the median time of one detector scoring one image (as the
+service does per answer), beside the model's own batch-1 call on the same machine.
 
 Prints markdown tables; writes reports/bench/ood.{json,md} (not a DVC output).
 """
@@ -27,6 +28,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 
@@ -80,14 +82,17 @@ def compare(root: Path, variant: str, others: dict[str, np.ndarray], params: dic
     val = read_split(paths, "val")
     x_test, _ = read_split(paths, "test")
     outputs = {name: classifier.predict_with_features(images) for name, images in others.items()}
-    result = {"variant": variant, "test_images": len(x_test), "sets": {k: len(v) for k, v in others.items()}}
+    result = {"variant": variant, "test_images": len(x_test), "sets": {k: len(v) for k, v in others.items()},
+              "model_ms_per_image": round(classifier.latency_ms(x_test, runs=300), 4)}  # fmt: skip
+    test_outputs = classifier.predict_with_features(x_test)
     result["detectors"] = {}
     for name in ood.DETECTORS:
         detector, fitted = export.fit_unknown_detector(
             paths.exported_model(variant), train, val, x_test, params | {"detector": name}, kernel_bias
         )
-        test_scores = detector.score(*classifier.predict_with_features(x_test))
-        row = {"threshold_from": fitted["threshold_from"], "test_unknown": fitted["test_unknown_rate"]}
+        test_scores = detector.score(*test_outputs)
+        row = {"threshold_from": fitted["threshold_from"], "test_unknown": fitted["test_unknown_rate"],
+               "ms_per_image": round(score_ms(detector, *test_outputs), 4)}  # fmt: skip
         for other, (p, f) in outputs.items():
             scores = detector.score(p, f)
             truth = np.r_[np.zeros(len(test_scores)), np.ones(len(scores))]
@@ -98,6 +103,18 @@ def compare(root: Path, variant: str, others: dict[str, np.ndarray], params: dic
         result["detectors"][name] = row
         print(f"  {name}: {row}", flush=True)
     return result
+
+
+def score_ms(detector: ood.Detector, probabilities: np.ndarray, features: np.ndarray | None, runs: int = 300) -> float:
+    """Median milliseconds of scoring one image, as the service scores each answer."""
+    times = []
+    for i in range(runs):
+        j = i % len(probabilities)
+        one = None if features is None else features[j : j + 1]
+        start = time.perf_counter()
+        detector.score(probabilities[j : j + 1], one)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
 
 
 def fashion_mnist(params: dict, variant: str) -> dict:
@@ -144,11 +161,16 @@ def to_markdown(results: dict) -> str:
         lines.append(f"**{model['model']}**, variant {model['variant']}, {model['test_images']} test images; "
                      + ", ".join(f"{k} {v}" for k, v in model["sets"].items()))  # fmt: skip
         lines.append("")
-        lines.append("| detector | test called unknown | " + " | ".join(f"{s}: AUROC / unknown" for s in sets) + " |")
-        lines.append("|---|---|" + "---|" * len(sets))
+        lines.append("| detector | test called unknown | " + " | ".join(f"{s}: AUROC / unknown" for s in sets)
+                     + " | ms / image |")  # fmt: skip
+        lines.append("|---|---|" + "---|" * len(sets) + "---|")
         for name, row in model["detectors"].items():
             cells = [f"{row[s]['auroc']:.3f} / {row[s]['unknown']:.1%}" for s in sets]
-            lines.append(f"| {name} | {row['test_unknown']:.1%} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {row['test_unknown']:.1%} | " + " | ".join(cells) + f" | {row['ms_per_image']:.3f} |"
+            )
+        lines.append("")
+        lines.append(f"The model's own batch-1 call: {model['model_ms_per_image']:.3f} ms per image.")
         lines.append("")
     return "\n".join(lines)
 

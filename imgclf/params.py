@@ -378,7 +378,9 @@ class Serve(Section):
     max_file_mb: Annotated[float, Field(gt=0)] = describe("one image; larger: a per-file file_size error")
     max_files: PositiveInt = describe("images per request; more: 413")
     max_pixels: PositiveInt = describe("width x height from the header, checked before decoding (bombs)")
-    workers: Workers = describe("model instances (one per inference thread); null = the cores it may use (a container's CPU limit)")
+    workers: Workers = describe(
+        "model instances (one per inference thread); null = the cores it may use (a container's CPU limit)"
+    )
     log: str | None = describe(
         "the prediction log, a SQLite file (every answer, its id, feedback); null = off (IMGCLF_LOG wins)"
     )

@@ -62,6 +62,23 @@ def wait_for_mlflow(
     )
 
 
+def stop_process_group(process: subprocess.Popen | None) -> None:
+    """Stop a server started in its own session (``start_new_session``) and everything it started:
+    SIGTERM to the group, 20 s to exit, then SIGKILL to whatever of it is left (gunicorn's workers
+    outlive a leader that exited first)."""
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def free_port() -> int:
     """A port nobody listens on now (the OS picks it)."""
     with socket.socket() as sock:
@@ -226,16 +243,7 @@ class TrackingServer:
 
     def stop_mlflow(self) -> None:
         process, self._mlflow = self._mlflow, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
 
     def start(self) -> TrackingServer:
         try:

@@ -23,7 +23,6 @@ that browser's own view of the experiment.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 from imgclf.io import PipelineError
-from imgclf.team.server import free_port, wait_for_mlflow
+from imgclf.team.server import free_port, stop_process_group, wait_for_mlflow
 
 HEADLINE_METRICS = ("test_accuracy", "test_macro_f1", "test_log_loss", "test_ece", "val_accuracy", "baseline_accuracy")
 SHIPPED_METRICS = ("accuracy", "size_bytes")  # of the variant the service ships: tflite_<serve.variant>_<name>
@@ -106,20 +105,6 @@ def start_server(uri: str, host: str, port: int, log: Path) -> subprocess.Popen:
         )  # fmt: skip
 
 
-def stop_server(process: subprocess.Popen | None) -> None:
-    if process is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):  # whatever of its session is left
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 def connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
@@ -179,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits for the stop
             signal.signal(signum, signal.SIG_IGN)
-        stop_server(process)
+        stop_process_group(process)
         if stopped and log is not None:  # kept when the server failed
             log.unlink(missing_ok=True)
 
