@@ -220,3 +220,23 @@ def test_the_service_sizes_its_pool_by_the_containers_cpu_limit_not_the_nodes_co
     monkeypatch.setenv("IMGCLF_WORKERS", "two")
     with pytest.raises(PipelineError, match="IMGCLF_WORKERS='two'"):
         Settings.load()
+
+
+def test_the_training_job_example_parses_and_runs_commands_that_exist():
+    """deploy/k8s/tfjob.yaml (not applied here: no cluster) names modules and stages of this repository."""
+    import importlib.util
+
+    text = (ROOT / "deploy" / "k8s" / "tfjob.yaml").read_text()
+    job = yaml.safe_load(text)
+    assert job["kind"] == "TFJob" and set(job["spec"]["tfReplicaSpecs"]) == {"Chief", "Worker"}
+    dvc_stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    for replica in job["spec"]["tfReplicaSpecs"].values():
+        container = replica["template"]["spec"]["containers"][0]
+        assert container["name"] == "tensorflow"  # the operator's convention
+        script = " ".join(container["args"])
+        for module in re.findall(r"python -m ([\w.]+)", script):
+            assert importlib.util.find_spec(module) is not None, module
+        for stages in re.findall(r"dvc (?:pull|repro --single-item) ([\w -]+?)(?: &&|$)", script):
+            assert set(stages.split()) <= dvc_stages, stages
+    for path in re.findall(r"imgclf/[\w/]+\.py", text):  # the comments' pointers into the code
+        assert (ROOT / path).is_file(), path
