@@ -59,7 +59,7 @@ def test_extra_joins_fashion_mnist_training_and_is_validated_and_preprocessed(
     assert meta["format"] == "mixed" and meta["array_rows"] == 1797
     assert meta["extra"] == {"folder": str(feedback_folder), "rows": 6} and meta["rows"] == 1797 + 6
     reader, manifest, meta = read_ingested(layout)
-    extra = manifest[manifest["id"].str.startswith("extra/")]
+    extra = manifest[manifest["id"].str.startswith("extra:")]
     assert sorted(extra["label"]) == ["Ankle boot", "Ankle boot", "T-shirt/top", "T-shirt/top", "T-shirt/top", "socks"]
     assert set(extra["split"]) == {"train"} and extra["source"].str.startswith(str(feedback_folder)).all()
     array_row = next(manifest.itertuples())  # the readers take manifest tuples
@@ -68,7 +68,7 @@ def test_extra_joins_fashion_mnist_training_and_is_validated_and_preprocessed(
     assert reader.image(photo).shape == (120, 90, 3)
 
     result = validate(manifest, reader, meta["class_names"], shipped("validate", min_per_class=1), workers=1)
-    assert list(result.quarantine["id"]) == ["extra/socks/feedback-0.png"]  # counted, not lost
+    assert list(result.quarantine["id"]) == ["extra:socks/feedback-0.png"]  # counted, not lost
     assert result.quarantine["rule"].iloc[0] == "unknown_label"
     assert result.report["formats"] == {"JPEG": 2, "PNG": 3, "array": 1797}
     assert result.report["file_mb"]["max"] > 0  # over the files, not the array's rows
@@ -76,13 +76,13 @@ def test_extra_joins_fashion_mnist_training_and_is_validated_and_preprocessed(
     kept = result.kept.reset_index(drop=True)
     kept["split"] = assign_splits(kept, 0.1, 0.1, 42)
     kept["label_index"] = kept["label"].map({name: i for i, name in enumerate(meta["class_names"])})
-    rows = shard_order(kept[kept["id"].str.startswith("extra/") | (kept["split"] == "test")])
+    rows = shard_order(kept[kept["id"].str.startswith("extra:") | (kept["split"] == "test")])
     write_split(reader, rows, tmp_path / "out", 28, "grayscale", workers=1)
     x = read_sharded(tmp_path / "out", "x", (28, 28, 1))
     assert x.shape == (len(rows), 28, 28, 1)
     test_row = next(rows[rows["split"] == "test"].itertuples())  # an array row's pixels come through unchanged
     assert np.array_equal(x[test_row.Index, ..., 0], reader.image(test_row))
-    assert (rows["split"] == "test").sum() == 297 and rows["id"].str.startswith("extra/").sum() == 5
+    assert (rows["split"] == "test").sum() == 297 and rows["id"].str.startswith("extra:").sum() == 5
 
 
 def test_extra_moves_no_test_image_and_repeats_byte_for_byte(digits_idx_dir, feedback_folder, tmp_path):
@@ -105,7 +105,7 @@ def test_extra_joins_a_photo_folder_too(tmp_path):
     layout, meta = _ingest(tmp_path, "repo", source=str(photos), extra=str(extra))
     assert meta["format"] == "bytes" and meta["extra"]["rows"] == 1
     _, manifest, _ = read_ingested(layout)
-    row = manifest[manifest["id"] == f"extra/{first_class.upper()}/feedback-0.png"].iloc[0]
+    row = manifest[manifest["id"] == f"extra:{first_class.upper()}/feedback-0.png"].iloc[0]
     assert row["label"] == first_class and row["split"] == "train"
 
 

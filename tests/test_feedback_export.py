@@ -106,7 +106,7 @@ def test_fashion_mnist_feedback_goes_to_a_folder_of_its_own_that_ingest_extra_tr
     layout = Layout(tmp_path / "repo")
     ingest(shipped("ingest", fashion_mnist_dir=str(digits_idx_dir), extra=str(feedback)), layout)
     _, manifest, _ = read_ingested(layout)
-    extra = manifest[manifest["id"].str.startswith("extra/")]
+    extra = manifest[manifest["id"].str.startswith("extra:")]
     assert sorted(extra["label"]) == ["Bag", "T-shirt/top"] and set(extra["split"]) == {"train"}
 
     fmnist = shipped("ingest")

@@ -69,7 +69,7 @@ KERAS_CACHE_DIR = Path.home() / ".keras" / "datasets" / "fashion-mnist"
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 MAP_CHUNK = 512
 MANIFEST_COLUMNS = ["id", "label", "split", "source", "sha256", "index"]
-EXTRA_ID = "extra/"  # the ids (and names) of ingest.extra's rows start with this
+EXTRA_ID = "extra:"  # the ids (and names) of ingest.extra's rows start with this (no folder's ids do)
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -240,7 +240,7 @@ def ingest(params: dict, paths: Layout) -> dict:
             packed = folders.pack(extra, paths.ingested_shards, params["max_pack_mb"], params["workers"])
             manifest = mixed_manifest(manifest, packed)
             meta = {"format": "mixed", "hash": "pixels (array rows), file bytes (extra rows)",
-                    "image_shape": meta["image_shape"], "array_rows": len(dataset.images)}  # fmt: skip
+                    "image_shape": meta["image_shape"], "array_rows": len(dataset.images), "skipped": extra.skipped}  # fmt: skip
     else:
         warn_if_unwatched(Path(source), paths)
         listing = folders.list_folder(source, params)
@@ -253,7 +253,7 @@ def ingest(params: dict, paths: Layout) -> dict:
         manifest = folders.pack(listing, paths.ingested_shards, params["max_pack_mb"], params["workers"])
         meta = {"format": "bytes", "hash": "file bytes", "layout": listing.layout, "skipped": listing.skipped}
     if extra_folder:
-        meta["extra"] = {"folder": str(extra_folder), "rows": int(manifest["id"].str.startswith(EXTRA_ID).sum())}
+        meta["extra"] = {"folder": str(extra_folder), "rows": len(extra.rows)}
     counts = manifest.groupby(["split", "label"]).size()
     meta |= {
         "source": source,
@@ -269,7 +269,7 @@ def ingest(params: dict, paths: Layout) -> dict:
 def extra_listing(folder: str, class_names: list[str], params: dict, paths: Layout) -> folders.Listing:
     """``ingest.extra``'s class folders as training rows of the source's classes.
 
-    Ids and sources are prefixed (``extra/...``, the folder as configured) so they never collide
+    Ids and sources are prefixed (``extra:...``, the folder as configured) so they never collide
     with the source's; a folder matching no class keeps its name as the label, which validate
     quarantines as ``unknown_label`` (counted, never silently dropped).
     """
