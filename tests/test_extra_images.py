@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from imgclf.data.folders import folder_name, match_class
@@ -117,3 +118,57 @@ def test_an_extra_folder_that_could_change_the_test_split_is_refused(digits_idx_
     _png(split / "test" / "Bag" / "b.png", np.zeros((28, 28), np.uint8))
     with pytest.raises(PipelineError, match="one folder per class and nothing else"):
         _ingest(tmp_path, "b", fashion_mnist_dir=str(digits_idx_dir), extra=str(split))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match=r"ingest\.extra: .*empty has no class subfolders"):
+        _ingest(tmp_path, "c", fashion_mnist_dir=str(digits_idx_dir), extra=str(tmp_path / "empty"))
+
+
+def _splits(layout: Layout) -> pd.Series:
+    """The final split of every ingested row, as preprocess assigns it (all rows kept)."""
+    _, manifest, _ = read_ingested(layout)
+    return pd.Series(assign_splits(manifest, 0.1, 0.1, 42).to_numpy(), index=manifest["id"])
+
+
+def test_extra_images_only_ever_train_val_and_test_stay_the_same_rows(digits_idx_dir, feedback_folder, tmp_path):
+    """A source without a test folder gets val and test carved by preprocess: the extra rows stay out of
+    both carves and their counts, so the two splits are the very rows they are without them."""
+    photos = class_folder_dataset(tmp_path / "photos", per_class=12)  # no test/: preprocess carves one
+    extra = tmp_path / "extra"
+    for label in sorted(p.name for p in photos.iterdir()):
+        for i in range(5):
+            _png(extra / label / f"feedback-{i}.png", RNG.integers(0, 256, (300, 300, 3), np.uint8))
+    cases = [({"source": str(photos)}, extra, 5 * len(list(photos.iterdir()))),
+             ({"fashion_mnist_dir": str(digits_idx_dir)}, feedback_folder, 6)]  # fmt: skip
+    for n, (source, folder, count) in enumerate(cases):
+        before = _splits(_ingest(tmp_path, f"before{n}", **source)[0])
+        after = _splits(_ingest(tmp_path, f"after{n}", **source, extra=str(folder))[0])
+        added = after[after.index.str.startswith("extra:")]
+        assert len(added) == count and set(added) == {"train"}
+        assert after.drop(added.index).equals(before)  # every source row in the split it had
+        assert (before == "test").sum() > 0 and (before == "val").sum() > 0
+
+
+def test_a_fashion_mnist_image_sent_back_as_a_png_is_caught_as_the_duplicate_it_is(digits_idx_dir, tmp_path):
+    """A test image a user sent to the service and confirmed would leak the test split into training; a
+    training image corrected to another class contradicts the dataset. Their file hashes never equal
+    the array's pixel hashes, so the duplicate rules compare pixels for mixed data."""
+    from imgclf.data.ingest import read_idx
+
+    test_images = read_idx(digits_idx_dir / "t10k-images-idx3-ubyte")
+    train_images = read_idx(digits_idx_dir / "train-images-idx3-ubyte")
+    train_labels = read_idx(digits_idx_dir / "train-labels-idx1-ubyte")
+    folder = tmp_path / "feedback"
+    _png(folder / "Bag" / "feedback-test.png", test_images[5])
+    wrong = FASHION_MNIST_CLASSES[(int(train_labels[7]) + 1) % 10]
+    _png(folder / folder_name(wrong) / "feedback-train.png", train_images[7])
+    _png(folder / "Bag" / "feedback-new.png", 255 - test_images[5])  # not in the dataset
+    layout, _ = _ingest(tmp_path, "repo", fashion_mnist_dir=str(digits_idx_dir), extra=str(folder))
+    reader, manifest, meta = read_ingested(layout)
+    result = validate(manifest, reader, meta["class_names"], shipped("validate", min_per_class=1), workers=1)
+    quarantined = result.quarantine.set_index("id")
+    assert quarantined.loc["extra:Bag/feedback-test.png", "rule"] == "duplicate_across_splits"
+    assert "test/00005" in quarantined.loc["extra:Bag/feedback-test.png", "reason"]
+    conflict = quarantined[quarantined["rule"] == "duplicate_in_split"]
+    assert sorted(conflict.index) == sorted([f"extra:{folder_name(wrong)}/feedback-train.png", "train/00007"])
+    assert "extra:Bag/feedback-new.png" in set(result.kept["id"])
+    assert "pixels_sha256" not in result.kept  # a check's working column, not an output

@@ -76,6 +76,8 @@ def test_what_cannot_be_exported_is_said(tmp_path, capsys):
     assert len(new) == 1 and len(skipped) == 1 and "was not kept" in skipped[0]
     assert main(["export", str(tmp_path / "no" / "where"), "--log", str(log.path)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "p.db"), "--log", str(log.path)]) == 2  # a file, not a folder
+    assert f"{tmp_path / 'p.db'} is not a folder" in capsys.readouterr().err
     assert main(["export", str(photos), "--log", str(tmp_path / "none.db")]) == 2
     table = tmp_path / "table"  # a CSV label table: ingest would never see class folders in it
     table.mkdir()

@@ -94,5 +94,11 @@ def test_a_damaged_detector_file_is_one_value_error(tmp_path):
     np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))  # an npz, but no detector in it
     with pytest.raises(ValueError, match="not a saved detector"):
         ood.Detector.load(tmp_path / "foreign.npz")
+    np.savez(tmp_path / "hollow.npz", name=np.array("energy"), threshold=np.array(1.0))  # loads, cannot score
+    with pytest.raises(ValueError, match="not a saved energy detector: no bias, kernel"):
+        ood.Detector.load(tmp_path / "hollow.npz")
+    np.savez(tmp_path / "other.npz", name=np.array("oddball"), threshold=np.array(1.0))
+    with pytest.raises(ValueError, match="unknown detector 'oddball'"):
+        ood.Detector.load(tmp_path / "other.npz")
     with pytest.raises(OSError):
         ood.Detector.load(tmp_path / "missing.npz")

@@ -225,4 +225,13 @@ def test_a_champion_tested_on_other_images_is_scored_again_with_its_shipped_file
     renamed = TestImages(images, test.actual, ["a", "b", "c", "d"], candidate_file, "float32")
     report = promote(client, "m", newer, pd.DataFrame({"actual": ACTUAL, "predicted": ACTUAL}), 0.0, 0.05, test=renamed)
     assert not report["promote"] and "it answers other classes (c0, c1, c2, c3)" in report["reason"]
+
+    # a file the runtime cannot run (damaged in the store): a reason too, not a traceback
+    broken = tmp_path / "broken" / "model_float32.tflite"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a flatbuffer" * 64)
+    with mlflow.start_run(run_id=client.get_model_version("m", new).run_id):
+        mlflow.log_artifact(str(broken), "tflite")  # replaces the good one
+    report = promote(client, "m", newer, pd.DataFrame({"actual": ACTUAL, "predicted": ACTUAL}), 0.0, 0.05, test=test)
+    assert not report["promote"] and "its tflite/model_float32.tflite does not run here" in report["reason"]
     assert _aliases(client, "m") == {CANDIDATE: newer, CHAMPION: new}

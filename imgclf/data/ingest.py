@@ -280,7 +280,10 @@ def extra_listing(folder: str, class_names: list[str], params: dict, paths: Layo
             "(python -m imgclf.feedback export writes one)"
         )
     warn_if_unwatched(path, paths, "ingest.extra")
-    listing = folders.list_folder(path, params | {"classes": None})
+    try:
+        listing = folders.list_folder(path, params | {"classes": None})
+    except PipelineError as error:
+        raise PipelineError(f"ingest.extra: {error}") from None
     if listing.layout != "class_folders" or (listing.rows["split"] != "train").any():
         raise PipelineError(
             f"ingest.extra={folder!r} must hold one folder per class and nothing else (no CSV, no train/ and "
@@ -442,6 +445,11 @@ class IngestedImages:
                     for chunk, results in zip(chunks, pool.map(_run_chunk, chunks), strict=True):
                         yield results
                         bar.update(len(chunk))
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """One array image's shape ((28, 28) for Fashion-MNIST); () without an array."""
+        return tuple(self._array.shape[1:]) if hasattr(self, "_array") else ()
 
     def in_array(self, row) -> bool:
         """Whether a manifest row (or :class:`Ref`) is stored as pixels in the array, not as a file."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf.data.images import COLOR_MODES, ImageError, prepare
-from imgclf.data.ingest import IngestedImages, Ref
+from imgclf.data.ingest import EXTRA_ID, IngestedImages, Ref
 from imgclf.data.shards import shard_of, write_sharded
 from imgclf.io import PipelineError
 
@@ -68,15 +68,19 @@ def assign_splits(manifest: pd.DataFrame, val_fraction: float, test_fraction: fl
     """The final split of each row: a stratified, seeded val (and test, when the source has none) carve.
 
     Fractions are of the whole labelled pool, so ``val_fraction=0.1, test_fraction=0.1`` on a
-    source without a test split gives the 80/10/10 the seeds advise.
+    source without a test split gives the 80/10/10 the seeds advise. Rows of ``ingest.extra`` stay
+    in train, outside the pool and the counts.
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
             raise PipelineError(f"preprocess.{name} must be in [0, 1), got {value}")
     splits = manifest["split"].copy()  # "predict" rows (unlabelled) stay as they are
     has_test = (splits == "test").any()
-    pool = manifest.index[splits == "train"]
-    total = int((splits != "predict").sum()) if has_test else len(pool)
+    # ingest.extra's rows only ever train: out of the carves and their counts, so the source's val and
+    # test splits are the rows they would be without them (promote compares on the same test images)
+    extra = manifest["id"].str.startswith(EXTRA_ID)
+    pool = manifest.index[(splits == "train") & ~extra]
+    total = int(((splits != "predict") & ~extra).sum()) if has_test else len(pool)
     if not has_test and test_fraction > 0:
         pool, test_rows = _stratified(manifest, pool, test_fraction * total, seed)
         splits[test_rows] = "test"

@@ -18,6 +18,7 @@ Every input row ends up either kept or in the quarantine table with its rule and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 SEVERITIES = ("error", "warn", "off")
 QUARANTINE_COLUMNS = ["id", "split", "label", "source", "rule", "reason"]
 INFO_COLUMNS = ["format", "width", "height", "mode", "decode_error", "phash"]
+PIXELS = "pixels_sha256"  # mixed data only: a file's pixels hashed as an array row's (see _pixels_sha256)
 LABELLED = ("train", "val")  # splits a model learns from
 
 
@@ -50,8 +52,8 @@ class ValidationResult:
 # --- inspection ----------------------------------------------------------------------------------
 
 
-def _inspect(reader: IngestedImages, ref: Ref, max_pixels: int, phash: bool) -> dict:
-    info = {"format": "", "width": 0, "height": 0, "mode": "", "decode_error": "", "phash": ""}
+def _inspect(reader: IngestedImages, ref: Ref, max_pixels: int, phash: bool, pixels: bool = False) -> dict:
+    info = {"format": "", "width": 0, "height": 0, "mode": "", "decode_error": "", "phash": "", PIXELS: ""}
     if reader.in_array(ref):
         image = reader.raw(ref)
         channels = 1 if image.ndim == 2 else image.shape[2]
@@ -70,18 +72,40 @@ def _inspect(reader: IngestedImages, ref: Ref, max_pixels: int, phash: bool) -> 
             info["decode_error"] = str(error)
             return info
         info.update(height=image.shape[0], width=image.shape[1])  # upright, after EXIF orientation
+        if pixels:
+            info[PIXELS] = _pixels_sha256(image, reader.array_shape)
     if phash:
         info["phash"] = f"{image_files.perceptual_hash(image):016x}"
     return info
 
 
+def _pixels_sha256(image: np.ndarray, array_shape: tuple[int, ...]) -> str:
+    """The hash ingest gives an array row (:func:`imgclf.data.ingest.pixel_sha256`), for a file that decodes
+    to the same pixels (a Fashion-MNIST image saved as a PNG and sent back as feedback); "" otherwise."""
+    if image.ndim == 3 and image.shape[:2] == tuple(array_shape[:2]) and len(array_shape) == 2:
+        gray = image[..., 0]
+        if (image == gray[..., None]).all():
+            return hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest()
+    return ""
+
+
 def inspect(reader: IngestedImages, manifest: pd.DataFrame, params: dict, workers: int | None = None) -> pd.DataFrame:
-    """One row of image facts (``INFO_COLUMNS``) per manifest row, in manifest order."""
+    """One row of image facts (``INFO_COLUMNS``) per manifest row, in manifest order; for mixed data (an
+    array plus files: ``ingest.extra``) also ``PIXELS``, so the duplicate rules see a file that holds an
+    array row's pixels (its file hash never equals their pixel hash)."""
     refs = reader.refs(manifest)
     phash = _severities(params)["near_duplicate_across_splits"] != "off"
     max_pixels = int(params["max_pixels"])
-    infos = reader.map(_inspect, refs, workers, "inspect", max_pixels=max_pixels, phash=phash)
-    return pd.DataFrame(infos, columns=INFO_COLUMNS, index=manifest.index)
+    pixels = reader.format == "mixed"
+    infos = reader.map(_inspect, refs, workers, "inspect", max_pixels=max_pixels, phash=phash, pixels=pixels)
+    return pd.DataFrame(infos, columns=INFO_COLUMNS + ([PIXELS] if pixels else []), index=manifest.index)
+
+
+def _content(rows: pd.DataFrame) -> pd.Series:
+    """What the duplicate rules compare: the pixel hash where a file has one (mixed data), else ``sha256``."""
+    if PIXELS not in rows:
+        return rows["sha256"]
+    return rows[PIXELS].where(rows[PIXELS] != "", rows["sha256"])
 
 
 # --- row rules: (rows still kept, class names, params) -> {row label: reason} ---------------------
@@ -166,8 +190,9 @@ def rule_duplicate_in_split(rows: pd.DataFrame, class_names: list[str], params: 
     The predict split is left alone: two identical unlabelled images both deserve a prediction.
     """
     reasons = {}
-    candidates = rows[(rows["sha256"] != "") & (rows["split"] != "predict")]
-    for (_split, _sha), group in candidates.groupby(["split", "sha256"], sort=False):
+    rows = rows.assign(_content=_content(rows))
+    candidates = rows[(rows["_content"] != "") & (rows["split"] != "predict")]
+    for (_split, _sha), group in candidates.groupby(["split", "_content"], sort=False):
         if len(group) < 2:
             continue
         if group["label"].nunique() > 1:
@@ -183,9 +208,11 @@ def rule_duplicate_in_split(rows: pd.DataFrame, class_names: list[str], params: 
 
 def rule_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
     """A training or validation image identical to a test image leaks the test set: drop the training copy."""
-    test = rows[(rows["split"] == "test") & (rows["sha256"] != "")].drop_duplicates("sha256").set_index("sha256")["id"]
-    learn = rows[rows["split"].isin(LABELLED) & rows["sha256"].isin(test.index)]
-    return {i: f"same content as test image {test[sha]} (train/test leakage)" for i, sha in learn["sha256"].items()}
+    rows = rows.assign(_content=_content(rows))
+    test = rows[(rows["split"] == "test") & (rows["_content"] != "")].drop_duplicates("_content")
+    test = test.set_index("_content")["id"]
+    learn = rows[rows["split"].isin(LABELLED) & rows["_content"].isin(test.index)]
+    return {i: f"same content as test image {test[sha]} (train/test leakage)" for i, sha in learn["_content"].items()}
 
 
 def rule_near_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str], params: dict) -> dict:
@@ -195,12 +222,13 @@ def rule_near_duplicate_across_splits(rows: pd.DataFrame, class_names: list[str]
     learn, test = hashed[hashed["split"].isin(LABELLED)], hashed[hashed["split"] == "test"]
     if learn.empty or test.empty:
         return {}
+    learn_content, test_content = _content(learn).to_numpy(), _content(test).to_numpy()
     learn_hashes = np.array([int(h, 16) for h in learn["phash"]], dtype=np.uint64)
     test_hashes = np.array([int(h, 16) for h in test["phash"]], dtype=np.uint64)
     reasons = {}
     for t, p, distance in image_files.hamming_within(test_hashes, learn_hashes, max_distance):
         i = learn.index[p]
-        if i not in reasons and learn.at[i, "sha256"] != test["sha256"].iloc[t]:
+        if i not in reasons and learn_content[p] != test_content[t]:  # identical: duplicate_across_splits
             reasons[i] = f"looks like test image {test['id'].iloc[t]} (pHash distance {distance} <= {max_distance})"
     return reasons
 
@@ -330,7 +358,8 @@ def validate(
     report = _report(
         len(rows), kept, quarantine, warnings, per_class, row_report | dataset_report, failures, reader.format
     )
-    return ValidationResult(kept.drop(columns=["decode_error"]), quarantine, warnings, report, failures)
+    kept = kept.drop(columns=["decode_error", PIXELS], errors="ignore")
+    return ValidationResult(kept, quarantine, warnings, report, failures)
 
 
 def _run_row_rules(

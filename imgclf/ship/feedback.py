@@ -59,8 +59,10 @@ def reviewed(log_path: Path) -> pd.DataFrame:
 def export(log_path: Path, folder: Path) -> tuple[pd.DataFrame, list[str]]:
     """Copy the reviewed, captured images into ``folder``'s class folders; the manifest rows written and
     a line for each reviewed image not exported (and why)."""
-    if not folder.is_dir() and not folder.parent.is_dir():
-        raise PipelineError(f"{folder.parent} is not a folder: export into data/raw/<name>")
+    if (folder.exists() and not folder.is_dir()) or not folder.parent.is_dir():
+        raise PipelineError(
+            f"{folder if folder.exists() else folder.parent} is not a folder: export into data/raw/<name>"
+        )
     if folder.is_dir() and detect_layout(folder) == "csv":
         raise PipelineError(
             f"{folder} holds a CSV label table, which ingest reads instead of class folders: export into a "
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if not log_path:
             raise PipelineError("no prediction log: serve.log is null in params.yaml; pass --log")
         new, skipped = export(Path(log_path), Path(args.folder))
+        step = next_step(Path(args.folder), load_section("ingest")) if len(new) else ""
     except PipelineError as error:
         print(f"imgclf.feedback: error: {error}", file=sys.stderr)
         return 2
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = new["outcome"].value_counts().to_dict() if len(new) else {}
     print(f"{len(new)} image(s) exported into {args.folder} ({counts.get('corrected', 0)} corrected, "
           f"{counts.get('correct', 0)} confirmed), {len(skipped)} not; manifest {manifest_path(Path(args.folder))}")  # fmt: skip
-    if len(new):
-        print(next_step(Path(args.folder), load_section("ingest")))
+    if step:
+        print(step)
     return 0
 
 

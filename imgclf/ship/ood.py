@@ -37,6 +37,12 @@ import numpy as np
 
 DETECTORS = ("max_softmax", "energy", "mahalanobis", "knn")
 NEEDS_FEATURES = ("energy", "mahalanobis", "knn")
+ARRAYS = {
+    "max_softmax": (),
+    "energy": ("kernel", "bias"),
+    "mahalanobis": ("means", "whiten"),
+    "knn": ("reference", "k"),
+}
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
@@ -111,9 +117,14 @@ class Detector:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k.removeprefix("array_"): data[k] for k in data.files if k.startswith("array_")}
-                return cls(str(data["name"]), arrays, float(data["threshold"]))
+                detector = cls(str(data["name"]), arrays, float(data["threshold"]))
         except (KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # a damaged or foreign file
             raise ValueError(f"not a saved detector ({type(error).__name__}: {error})") from None
+        if detector.name not in ARRAYS:
+            raise ValueError(f"not a saved detector: unknown detector {detector.name!r}")
+        if missing := sorted(set(ARRAYS[detector.name]) - set(arrays)):
+            raise ValueError(f"not a saved {detector.name} detector: no {', '.join(missing)}")
+        return detector
 
 
 def fit(

@@ -138,10 +138,13 @@ def rescore(
         wanted = tuple(card.get("input", {}).get("shape", [])[1:])
         if wanted != test.images.shape[1:]:
             return f"it takes {wanted} images, these test images are {test.images.shape[1:]}"
-        champion = shipped_answers(path, test.images, test.labels)
+        try:
+            champion = shipped_answers(path, test.images, test.labels)
+            answers = shipped_answers(test.candidate_file, test.images, test.labels)
+        except (ValueError, RuntimeError, OSError) as error:  # a runtime that cannot run one of the files
+            return f"its {artifact} does not run here ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    answers = shipped_answers(test.candidate_file, test.images, test.labels)
     return (
         ScoredModel(candidate.version, candidate.run_id, candidate.test_digest, test.actual, answers),
         ScoredModel(

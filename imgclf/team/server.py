@@ -74,6 +74,8 @@ def stop_process_group(process: subprocess.Popen | None) -> None:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pass
+    # the group keeps the leader's pid as its id while any member lives; an empty group's id could in
+    # principle be reused by a new session leader, a risk taken to not leave workers behind
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
