@@ -19,6 +19,14 @@ def unknown_detector_name(variant: str) -> str:
     return f"ood_{variant}.npz"
 
 
+def run_artifact(variant: str | None = None) -> str:
+    """Where export-tflite logs a variant's file (or, without one, the model card) in the training's MLflow
+    run: its path under models/ (``tflite/model_int8.tflite``, ``onnx/model.onnx``, ``tflite/model_card.json``)."""
+    models = Layout(Path("."))
+    local = models.tflite_meta if variant is None else models.exported_model(variant)
+    return local.relative_to(models.tflite.parent).as_posix()
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths of all pipeline artifacts under one repository root."""

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf.evaluate.metrics import is_significant_drop, paired_comparison
+from imgclf.paths import run_artifact
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +125,13 @@ def rescore(
     cannot be (its file is gone, other classes, another input size)."""
     import mlflow
 
-    artifact = "onnx/model.onnx" if test.variant == "onnx" else f"tflite/model_{test.variant}.tflite"
+    artifact = run_artifact(test.variant)
     folder = Path(tempfile.mkdtemp(prefix="imgclf-champion-"))
     try:
         try:
             path = Path(client.download_artifacts(champion_version.run_id, artifact, str(folder)))
-            card = json.loads(Path(client.download_artifacts(champion_version.run_id, "tflite/model_card.json",
-                                                             str(folder))).read_text())  # fmt: skip
+            card = Path(client.download_artifacts(champion_version.run_id, run_artifact(), str(folder)))
+            card = json.loads(card.read_text())
         except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
             return f"its run has no {artifact} to run on these test images ({type(error).__name__})"
         if card.get("labels") != test.labels:

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 from imgclf.data.images import COLOR_MODES, ImageError, decode, prepare, read_header
 from imgclf.io import PipelineError, read_json
 from imgclf.parallel import usable_cpus
-from imgclf.paths import unknown_detector_name
+from imgclf.paths import run_artifact, unknown_detector_name
 from imgclf.ship.export import (  # TensorFlow only loads inside its converter
     VARIANTS,
     blessed_fallback,
@@ -191,10 +191,10 @@ def _registry_files(uri: str, variant: str) -> tuple[Path, Path, dict, str | Non
     except mlflow.exceptions.MlflowException as error:
         raise ModelError(f"{uri}: {error.message.splitlines()[0]} (tracking URI {client.tracking_uri})") from None
     folder = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
-    artifact = "onnx/model.onnx" if variant == "onnx" else f"tflite/model_{variant}.tflite"
+    artifact = run_artifact(variant)
     try:
         model = Path(client.download_artifacts(run_id, artifact, str(folder)))
-        card = Path(client.download_artifacts(run_id, "tflite/model_card.json", str(folder)))
+        card = Path(client.download_artifacts(run_id, run_artifact(), str(folder)))
         try:  # a run exported before unknown detectors has none: served without one, and said so
             client.download_artifacts(run_id, f"tflite/{unknown_detector_name(variant)}", str(folder))
         except (mlflow.exceptions.MlflowException, OSError):
