@@ -18,7 +18,6 @@ Every input row ends up either kept or in the quarantine table with its rule and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf.data import images as image_files
-from imgclf.data.ingest import IngestedImages, Ref
+from imgclf.data.ingest import IngestedImages, Ref, pixel_sha256
 from imgclf.io import PipelineError
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def _pixels_sha256(image: np.ndarray, array_shape: tuple[int, ...]) -> str:
     if image.ndim == 3 and image.shape[:2] == tuple(array_shape[:2]) and len(array_shape) == 2:
         gray = image[..., 0]
         if (image == gray[..., None]).all():
-            return hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest()
+            return pixel_sha256(gray[None])[0]
     return ""
 
 

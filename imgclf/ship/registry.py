@@ -68,7 +68,7 @@ def decide(candidate: ScoredModel, champion: ScoredModel | None, min_gain: float
         return Decision(True, "no champion yet: the first model that passed its gates becomes it")
     if champion.version == candidate.version:
         return Decision(True, "this version is already the champion")
-    if champion.test_digest != candidate.test_digest or len(champion.actual) != len(candidate.actual):
+    if _tested_apart(candidate, champion):
         return Decision(
             False,
             f"not compared: the champion (version {champion.version}) was tested on other data "
@@ -184,7 +184,12 @@ def promote(
     rescored = None
     if current is not None and champion is None:
         decision = Decision(False, f"the champion (version {current.version}) has no test predictions to compare")
-    elif champion is not None and test is not None and _other_data(candidate, champion):
+    elif (
+        champion is not None
+        and test is not None
+        and champion.version != candidate.version
+        and _tested_apart(candidate, champion)
+    ):
         rescored = rescore(client, candidate, current, test)
         if isinstance(rescored, str):
             decision = decide(candidate, champion, min_gain, significance)
@@ -213,10 +218,9 @@ def promote(
     }
 
 
-def _other_data(candidate: ScoredModel, champion: ScoredModel) -> bool:
-    return champion.version != candidate.version and (
-        champion.test_digest != candidate.test_digest or len(champion.actual) != len(candidate.actual)
-    )
+def _tested_apart(candidate: ScoredModel, champion: ScoredModel) -> bool:
+    """Whether the two were tested on other images: their predictions cannot be paired."""
+    return champion.test_digest != candidate.test_digest or len(champion.actual) != len(candidate.actual)
 
 
 def refuse(client, name: str, version: str, reason: str) -> dict:

@@ -262,8 +262,9 @@ def load_model(settings: Settings) -> LoadedModel:
             )
         if unfit:
             log.warning("serving a model NOT FIT TO SHIP (IMGCLF_ALLOW_UNFIT): %s", unfit)
-        workers = settings.workers or usable_cpus()  # a container's CPU limit, not the node's cores
-        threads = max(1, usable_cpus() // workers)
+        cores = usable_cpus()  # a container's CPU limit, not the node's cores
+        workers = settings.workers or cores
+        threads = max(1, cores // workers)
         pool: queue.Queue = queue.Queue()
         try:
             for _ in range(workers):
